@@ -1,0 +1,53 @@
+//! `cargo xtask …`: the project's own commands, written in Rust so they run
+//! wherever cargo does.
+//!
+//! - `test`      everything CI checks: fmt, clippy, tests, exercises, the book
+//! - `demo`      the most advanced server present, measured by loadgen
+//! - `book`      build the book (or `--serve` it)
+//! - `exercise`  check one exercise and show a hint
+
+mod book;
+mod demo;
+mod exercise;
+mod run;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "c1m-rs project commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every check CI runs: fmt, clippy, all tests, exercise checks, book build.
+    Test(test::TestArgs),
+    /// Start the most advanced server present and measure it with loadgen.
+    Demo(demo::DemoArgs),
+    /// Build the book into book/build (installs mdbook if missing).
+    Book(book::BookArgs),
+    /// Check one exercise (by name or number) and show a hint if it fails.
+    Exercise(exercise::ExerciseArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Test(args) => test::run(&args),
+        Command::Demo(args) => demo::run(&args),
+        Command::Book(args) => book::run(&args),
+        Command::Exercise(args) => exercise::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err}");
+            ExitCode::from(err.exit_code())
+        }
+    }
+}
