@@ -7,7 +7,13 @@
 //! - [`conformance`]: the echo contract as checks that can fail.
 
 pub mod conformance;
+pub mod connect;
+pub mod cpu;
 pub mod echo;
+pub mod error;
 pub mod hold;
+pub mod payload;
+mod progress;
 pub mod report;
 pub mod server;
+mod threaded;
