@@ -270,14 +270,22 @@ fn copy_tree(from: &Path, to: &Path, skip: &[&str]) -> io::Result<()> {
     Ok(())
 }
 
-/// `cargo ARGS` in an exercise crate, sharing one target dir for all exercises
-/// so their dependencies build once.
+/// `cargo ARGS` in an exercise crate. Exercises share target dirs so their
+/// dependencies build once, but the start state, the solved copy and your
+/// work each get their own: all three are the same package, and cargo would
+/// otherwise happily run one's test binary for another.
 fn cargo_command(dir: &Path, args: &[&str]) -> Command {
+    let flavour = match dir.file_name().and_then(|n| n.to_str()) {
+        Some(name) if name.ends_with("-solved") => "solved",
+        _ if dir.starts_with(workspace_root().join("target")) => "start",
+        _ => "work",
+    };
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(args)
-        .current_dir(dir)
-        .env("CARGO_TARGET_DIR", workspace_root().join("target").join("exercises"));
+    cmd.args(args).current_dir(dir).env(
+        "CARGO_TARGET_DIR",
+        workspace_root().join("target").join("exercises").join(flavour),
+    );
     cmd
 }
 
