@@ -22,9 +22,12 @@
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use mio::net::TcpStream;
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::connect::{RampPlan, Target};
@@ -32,7 +35,7 @@ use crate::cpu::CpuSnapshot;
 pub use crate::error::LoadError;
 use crate::payload::{Cursor, Payload};
 use crate::progress::Progress;
-use crate::report::{self, ErrorCounts, HoldReport, Latency};
+use crate::report::{self, ConnectStats, ErrorCounts, HoldReport, Latency};
 
 /// Everything a hold run needs. Start from [`HoldConfig::new`] and set fields.
 #[derive(Debug, Clone)]
@@ -50,6 +53,9 @@ pub struct HoldConfig {
     pub ping_every: Duration,
     /// Connections pinged per round.
     pub ping_sample: usize,
+    /// Also ping every held connection once during the hold, spread over
+    /// its first three quarters, and count the connections that answered.
+    pub verify_all: bool,
     /// Bytes per ping including its `\n`.
     pub ping_size: usize,
     /// A connect, or a ping echo, taking longer than this is an error.
@@ -60,6 +66,10 @@ pub struct HoldConfig {
     pub server_pid: Option<u32>,
     /// Draw a progress bar on stderr if it is a terminal.
     pub progress: bool,
+    /// Global index of this run's first connection, for round-robin over
+    /// `sources`: the processes of a spread run share one source list and
+    /// together use every source equally.
+    pub first_index: usize,
 }
 
 impl HoldConfig {
@@ -74,11 +84,13 @@ impl HoldConfig {
             hold: Duration::from_secs(5),
             ping_every: Duration::from_secs(1),
             ping_sample: 10,
+            verify_all: false,
             ping_size: 16,
             timeout: Duration::from_secs(10),
             cpu: None,
             server_pid: None,
             progress: false,
+            first_index: 0,
         }
     }
 
@@ -115,15 +127,56 @@ struct Ping {
 struct Held {
     stream: TcpStream,
     ping: Option<Ping>,
+    /// At least one of its pings came back during the hold.
+    answered: bool,
 }
 
 /// Counters for the hold phase.
 struct Tally {
-    histogram: hdrhistogram::Histogram<u64>,
+    histogram: Histogram<u64>,
     errors: ErrorCounts,
     pings_sent: u64,
     pings_ok: u64,
     lost: u64,
+}
+
+/// Who follows a hold run as it goes: a progress bar for a person, or the
+/// parent of a spread run (see [`crate::spread`]), which also decides when
+/// the hold starts so that all its processes hold at the same time.
+pub(crate) trait Watcher {
+    /// The ramp has opened `established` connections so far.
+    fn connecting(&mut self, established: usize);
+    /// The ramp is over. Returns a descriptor to wait on before holding (a
+    /// line on it means "start the hold", end of file means "give up"), or
+    /// `None` to start at once.
+    fn ramped(&mut self, stats: &ConnectStats) -> Option<RawFd>;
+    /// `elapsed` into the hold, `pings_ok` answered so far.
+    fn holding(&mut self, elapsed: Duration, pings_ok: u64);
+    /// The run is over (or failed): clean up the display.
+    fn finish(&mut self);
+}
+
+/// The watcher of a plain `loadgen hold`: a progress bar on a terminal.
+struct BarWatcher {
+    bar: Progress,
+    hold: Duration,
+}
+
+impl Watcher for BarWatcher {
+    fn connecting(&mut self, established: usize) {
+        self.bar.update(established as u64, String::new());
+    }
+    fn ramped(&mut self, _stats: &ConnectStats) -> Option<RawFd> {
+        self.bar.phase("hold", self.hold.as_secs());
+        None
+    }
+    fn holding(&mut self, elapsed: Duration, pings_ok: u64) {
+        self.bar
+            .update(elapsed.as_secs(), format!("{pings_ok} pings ok"));
+    }
+    fn finish(&mut self) {
+        self.bar.finish();
+    }
 }
 
 /// Opens, holds and pings connections as `config` says.
@@ -131,6 +184,27 @@ struct Tally {
 /// `Err` means the run could not happen (a limit, nothing listening, a bad
 /// config); lost connections and bad pings are in the report.
 pub fn run(config: &HoldConfig) -> Result<HoldReport, LoadError> {
+    let bar = Progress::new(config.progress);
+    bar.phase("connect", config.connections as u64);
+    let mut watcher = BarWatcher {
+        bar,
+        hold: config.hold,
+    };
+    let outcome = run_watched(config, &mut watcher);
+    watcher.finish();
+    outcome.map(|(report, _)| report)
+}
+
+/// The token of the descriptor a child waits on for "start the hold";
+/// connection tokens are indexes into the held list, so they never reach it.
+const GATE: Token = Token(usize::MAX);
+
+/// [`run`] with any watcher; also returns the ping round-trip histogram so a
+/// spread run can merge its processes' histograms exactly.
+pub(crate) fn run_watched(
+    config: &HoldConfig,
+    watcher: &mut dyn Watcher,
+) -> Result<(HoldReport, Histogram<u64>), LoadError> {
     config.validate()?;
     if let Some(core) = config.cpu {
         crate::cpu::pin_to_core(core)?;
@@ -139,11 +213,9 @@ pub fn run(config: &HoldConfig) -> Result<HoldReport, LoadError> {
         crate::cpu::process_cpu_time(pid)?;
     }
     crate::cpu::ensure_fd_limit(config.connections)?;
-    let progress = Progress::new(config.progress);
     let mut poll = Poll::new().map_err(|e| LoadError::io("creating the poller", e))?;
 
     // ANCHOR: ramp_up
-    progress.phase("connect", config.connections as u64);
     let target = Target {
         addr: config.addr,
         sources: config.sources.clone(),
@@ -153,18 +225,11 @@ pub fn run(config: &HoldConfig) -> Result<HoldReport, LoadError> {
         rate: config.rate,
         max_in_flight: config.max_connecting,
         timeout: config.timeout,
-        first_index: 0,
+        first_index: config.first_index,
     };
     let ramped = crate::connect::ramp(&mut poll, &target, &plan, &mut |established| {
-        progress.update(established as u64, String::new());
-    });
-    let ramped = match ramped {
-        Ok(ramped) => ramped,
-        Err(e) => {
-            progress.finish();
-            return Err(e);
-        }
-    };
+        watcher.connecting(established);
+    })?;
     let mut held = Vec::with_capacity(ramped.streams.len());
     for (i, mut stream) in ramped.streams.into_iter().enumerate() {
         // Re-registering also reports anything that arrived during the ramp.
@@ -175,11 +240,14 @@ pub fn run(config: &HoldConfig) -> Result<HoldReport, LoadError> {
                 Interest::READABLE | Interest::WRITABLE,
             )
             .map_err(|e| LoadError::io("registering a connection", e))?;
-        held.push(Some(Held { stream, ping: None }));
+        held.push(Some(Held {
+            stream,
+            ping: None,
+            answered: false,
+        }));
     }
     // ANCHOR_END: ramp_up
 
-    progress.phase("hold", config.hold.as_secs());
     let payload = Payload::new(config.ping_size);
     let mut tally = Tally {
         histogram: report::rtt_histogram(),
@@ -188,6 +256,19 @@ pub fn run(config: &HoldConfig) -> Result<HoldReport, LoadError> {
         pings_ok: 0,
         lost: 0,
     };
+    let mut events = Events::with_capacity(1024);
+    let mut scratch = vec![0u8; 4096];
+    if let Some(gate) = watcher.ramped(&ramped.stats) {
+        wait_for_start(
+            &mut poll,
+            gate,
+            &mut held,
+            &payload,
+            &mut scratch,
+            &mut tally,
+        )?;
+    }
+
     let mut cpu = crate::echo::cpu_report(config.cpu, config.server_pid);
     let cores = cpu.watched_cores();
     let cpu_start = CpuSnapshot::take(config.server_pid, &cores);
@@ -195,9 +276,11 @@ pub fn run(config: &HoldConfig) -> Result<HoldReport, LoadError> {
     let end = start + config.hold;
     let mut next_round = start;
     let mut rounds = 0u64;
-    let mut events = Events::with_capacity(1024);
-    let mut scratch = vec![0u8; 4096];
     let mut drain_deadline: Option<Instant> = None;
+    // With --verify-all, connection `i` gets its own ping at
+    // `start + verify_window * i / n`: all of them, but never all at once.
+    let verify_window = config.hold.mul_f64(0.75);
+    let mut next_to_verify = if config.verify_all { 0 } else { held.len() };
 
     // ANCHOR: hold_loop
     loop {
@@ -224,39 +307,38 @@ pub fn run(config: &HoldConfig) -> Result<HoldReport, LoadError> {
             );
             rounds += 1;
             next_round += config.ping_every;
-            progress.update(
-                start.elapsed().as_secs(),
-                format!("{} pings ok", tally.pings_ok),
-            );
+            watcher.holding(start.elapsed(), tally.pings_ok);
         }
-        let wake = if drain_deadline.is_some() {
+        if drain_deadline.is_none() && next_to_verify < held.len() {
+            let due = verify_due(held.len(), now - start, verify_window);
+            while next_to_verify < due {
+                verify_one(
+                    &mut held,
+                    next_to_verify,
+                    rounds,
+                    &payload,
+                    &mut scratch,
+                    &mut tally,
+                );
+                next_to_verify += 1;
+            }
+        }
+        let mut wake = if drain_deadline.is_some() {
             now + Duration::from_millis(50)
         } else {
             next_round.min(end)
         };
+        if drain_deadline.is_none() && next_to_verify < held.len() {
+            // Send the --verify-all pings in small batches, every 10 ms.
+            wake = wake.min(now + Duration::from_millis(10));
+        }
         match poll.poll(&mut events, Some(wake.saturating_duration_since(now))) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(LoadError::io("waiting for events", e)),
         }
         for event in events.iter() {
-            let Some(slot) = held.get_mut(event.token().0) else {
-                continue;
-            };
-            let Some(conn) = slot else { continue };
-            let id = event.token().0;
-            let mut step = Ok(());
-            if event.is_readable() || event.is_read_closed() || event.is_error() {
-                step = read_pings(conn, id, &payload, &mut scratch, &mut tally);
-            }
-            if step.is_ok() && event.is_writable() {
-                step = write_ping(conn, id, &payload, &mut scratch);
-            }
-            if let Err(failure) = step {
-                failure(&mut tally.errors);
-                tally.lost += 1;
-                *slot = None;
-            }
+            on_connection_event(event, &mut held, &payload, &mut scratch, &mut tally);
         }
     }
     // ANCHOR_END: hold_loop
@@ -264,21 +346,23 @@ pub fn run(config: &HoldConfig) -> Result<HoldReport, LoadError> {
         .elapsed()
         .min(config.hold.max(Duration::from_millis(1)));
     let cpu_end = CpuSnapshot::take(config.server_pid, &cores);
-    progress.finish();
+    let answered = held.iter().flatten().filter(|h| h.answered).count() as u64;
     // Closing every socket sends a FIN to the server.
     drop(held);
 
     cpu.measure(&cpu_start, &cpu_end, held_for, 0);
     let stats = ramped.stats;
-    Ok(HoldReport {
+    let report = HoldReport {
         addr: config.addr.to_string(),
         sources: config.sources.iter().map(ToString::to_string).collect(),
         target_rate: config.rate,
         ok: stats.established == config.connections
             && tally.errors.total() == 0
             && tally.lost == 0
-            && tally.pings_ok == tally.pings_sent,
+            && tally.pings_ok == tally.pings_sent
+            && (!config.verify_all || answered == stats.established as u64),
         connect: stats,
+        processes: 1,
         hold_seconds: held_for.as_secs_f64(),
         ping_every_seconds: config.ping_every.as_secs_f64(),
         ping_sample: config.ping_sample,
@@ -286,11 +370,135 @@ pub fn run(config: &HoldConfig) -> Result<HoldReport, LoadError> {
         pings_sent: tally.pings_sent,
         pings_ok: tally.pings_ok,
         ping_rtt_us: Latency::from_histogram(&tally.histogram),
+        verify_all: config.verify_all,
+        connections_answered: answered,
         connections_lost: tally.lost,
         errors: tally.errors,
         cpu,
-    })
+        ping_rtt_histogram: None,
+    };
+    Ok((report, tally.histogram))
 }
+
+/// How many connections should have had their --verify-all ping by
+/// `elapsed` into the hold: `n` spread evenly over `window`.
+fn verify_due(n: usize, elapsed: Duration, window: Duration) -> usize {
+    if elapsed >= window || window.is_zero() {
+        return n;
+    }
+    let fraction = elapsed.as_secs_f64() / window.as_secs_f64();
+    ((n as f64 * fraction).ceil() as usize).min(n)
+}
+
+/// Sends connection `index` its --verify-all ping, unless it already
+/// answered one or has one out (whose answer will count).
+fn verify_one(
+    held: &mut [Option<Held>],
+    index: usize,
+    seq: u64,
+    payload: &Payload,
+    scratch: &mut [u8],
+    tally: &mut Tally,
+) {
+    let Some(conn) = &mut held[index] else {
+        return;
+    };
+    if conn.answered || conn.ping.is_some() {
+        return;
+    }
+    if let Err(failure) = start_ping(conn, index, seq, payload, scratch, tally) {
+        failure(&mut tally.errors);
+        tally.lost += 1;
+        held[index] = None;
+    }
+}
+
+/// Reads and writes whatever an event on a held connection allows; a
+/// connection that failed is counted and dropped.
+fn on_connection_event(
+    event: &mio::event::Event,
+    held: &mut [Option<Held>],
+    payload: &Payload,
+    scratch: &mut [u8],
+    tally: &mut Tally,
+) {
+    let id = event.token().0;
+    let Some(slot) = held.get_mut(id) else {
+        return;
+    };
+    let Some(conn) = slot else { return };
+    let mut step = Ok(());
+    if event.is_readable() || event.is_read_closed() || event.is_error() {
+        step = read_pings(conn, id, payload, scratch, tally);
+    }
+    if step.is_ok() && event.is_writable() {
+        step = write_ping(conn, id, payload, scratch);
+    }
+    if let Err(failure) = step {
+        failure(&mut tally.errors);
+        tally.lost += 1;
+        *slot = None;
+    }
+}
+
+// ANCHOR: wait_for_start
+/// Keeps the connections open, and watched, until a line arrives on `gate`
+/// (the parent of a spread run says every process has ramped). End of file
+/// on `gate` means the parent is gone: give up rather than hold forever.
+fn wait_for_start(
+    poll: &mut Poll,
+    gate: RawFd,
+    held: &mut [Option<Held>],
+    payload: &Payload,
+    scratch: &mut [u8],
+    tally: &mut Tally,
+) -> Result<(), LoadError> {
+    let registry = poll.registry();
+    registry
+        .register(&mut SourceFd(&gate), GATE, Interest::READABLE)
+        .map_err(|e| LoadError::io("watching the start signal", e))?;
+    let mut events = Events::with_capacity(1024);
+    loop {
+        match poll.poll(&mut events, None) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(LoadError::io("waiting for the start signal", e)),
+        }
+        for event in events.iter() {
+            if event.token() != GATE {
+                // Nothing should arrive on an idle connection; if something
+                // does, the usual checks count it.
+                on_connection_event(event, held, payload, scratch, tally);
+                continue;
+            }
+            let mut line = [0u8; 64];
+            // SAFETY: `line` is a writable buffer of the length passed; the
+            // descriptor is the gate our caller owns. Readable, so no block.
+            let n = unsafe { libc::read(gate, line.as_mut_ptr().cast(), line.len()) };
+            match n {
+                0 => {
+                    return Err(LoadError::Config(
+                        "the parent process went away before the hold started".to_string(),
+                    ));
+                }
+                n if n < 0 => {
+                    let err = io::Error::last_os_error();
+                    if err.kind() != io::ErrorKind::Interrupted
+                        && err.kind() != io::ErrorKind::WouldBlock
+                    {
+                        return Err(LoadError::io("reading the start signal", err));
+                    }
+                }
+                n if line[..n as usize].contains(&b'\n') => {
+                    let _ = poll.registry().deregister(&mut SourceFd(&gate));
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+    }
+}
+// ANCHOR_END: wait_for_start
 
 /// What went wrong on a held connection: which error counter to bump.
 type Failure = fn(&mut ErrorCounts);
@@ -327,19 +535,31 @@ fn send_ping_round(
         if conn.ping.is_some() {
             continue; // the previous ping is still out; expire_pings judges it
         }
-        conn.ping = Some(Ping {
-            seq: round,
-            sent_at: Instant::now(),
-            written: 0,
-            checked: 0,
-        });
-        tally.pings_sent += 1;
-        if let Err(failure) = write_ping(conn, index, payload, scratch) {
+        if let Err(failure) = start_ping(conn, index, round, payload, scratch, tally) {
             failure(&mut tally.errors);
             tally.lost += 1;
             held[index] = None;
         }
     }
+}
+
+/// Puts a new ping out on `conn` and writes as much of it as fits.
+fn start_ping(
+    conn: &mut Held,
+    index: usize,
+    seq: u64,
+    payload: &Payload,
+    scratch: &mut [u8],
+    tally: &mut Tally,
+) -> Result<(), Failure> {
+    conn.ping = Some(Ping {
+        seq,
+        sent_at: Instant::now(),
+        written: 0,
+        checked: 0,
+    });
+    tally.pings_sent += 1;
+    write_ping(conn, index, payload, scratch)
 }
 
 /// Writes what is left of the connection's ping, if any.
@@ -402,6 +622,7 @@ fn read_pings(
             report::record_rtt(&mut tally.histogram, ping.sent_at.elapsed());
             tally.pings_ok += 1;
             conn.ping = None;
+            conn.answered = true;
         }
         if n < scratch.len() {
             return Ok(());

@@ -2,6 +2,7 @@
 //! conformance suite every server's tests run.
 //!
 //! - [`echo`] and [`hold`]: the two load modes (closed-loop echo, ramp-and-hold).
+//! - [`spread`]: one hold run over many processes and source addresses.
 //! - [`report`]: what a run measured, as a table for people or JSON for scripts.
 //! - [`server`]: start a server binary, read its `listening on` line, watch it.
 //! - [`conformance`]: the echo contract as checks that can fail.
@@ -16,4 +17,5 @@ pub mod payload;
 mod progress;
 pub mod report;
 pub mod server;
+pub mod spread;
 mod threaded;

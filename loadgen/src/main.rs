@@ -3,6 +3,7 @@
 //! ```text
 //! loadgen echo --addr 127.0.0.1:7878 -c 100 --size 64 --duration 10
 //! loadgen hold --addr 127.0.0.1:7878 -n 10000 --rate 5000 --hold 30
+//! loadgen hold --addr 127.0.0.1:7878 -n 1000000 --procs auto --sources auto --verify-all
 //! ```
 
 use std::io::Write;
@@ -13,7 +14,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use loadgen::echo::{self, EchoConfig, Engine, RunLength};
 use loadgen::error::LoadError;
-use loadgen::hold::{self, HoldConfig};
+use loadgen::hold::HoldConfig;
+use loadgen::spread::{self, Procs, Sources, SpreadConfig};
 
 #[derive(Parser)]
 #[command(
@@ -42,9 +44,11 @@ struct Common {
     #[arg(long, default_value = "127.0.0.1:7878")]
     addr: SocketAddr,
     /// Local source addresses to spread connections over, e.g.
-    /// `127.0.0.1-127.0.0.20` (each gives ~64K ports towards one server).
-    #[arg(long, value_parser = parse_sources, value_name = "ADDRS")]
-    sources: Option<Sources>,
+    /// `127.0.0.1-127.0.0.20` (each gives one port range of connections
+    /// towards one server). `hold` also takes `auto` (its default): as many
+    /// 127.0.0.x addresses as the port range requires.
+    #[arg(long, value_parser = parse_sources, value_name = "ADDRS|auto")]
+    sources: Option<SourcesArg>,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -120,17 +124,53 @@ struct HoldArgs {
     /// Seconds between ping rounds.
     #[arg(long, default_value_t = 1.0, value_name = "SECS")]
     ping_every: f64,
-    /// Connections pinged per round.
+    /// Connections pinged per round (in all processes together).
     #[arg(long, default_value_t = 10, value_name = "K")]
     ping_sample: usize,
+    /// Bytes per ping, including its newline.
+    #[arg(long, default_value_t = 16, value_name = "BYTES")]
+    ping_size: usize,
+    /// Also ping every held connection once during the hold (spread over
+    /// its first three quarters) and report how many answered.
+    #[arg(long)]
+    verify_all: bool,
+    /// Processes to spread the connections over: a number, or `auto` (as
+    /// few as RLIMIT_NOFILE allows).
+    #[arg(long, default_value = "auto", value_parser = parse_procs, value_name = "P|auto")]
+    procs: Procs,
+    /// Internal: run as one process of a spread run (report as one JSON
+    /// line with its histogram, progress on stderr, hold on a line on stdin).
+    #[arg(long, hide = true)]
+    child: bool,
+    /// Internal: global index of this process's first connection.
+    #[arg(long, hide = true, default_value_t = 0)]
+    first_index: usize,
 }
 
-/// The parsed `--sources` list (a newtype so clap takes it as one value).
+/// The parsed `--sources` value (one type so clap takes it as one value).
 #[derive(Clone)]
-struct Sources(Vec<IpAddr>);
+enum SourcesArg {
+    Auto,
+    List(Vec<IpAddr>),
+}
 
-fn parse_sources(spec: &str) -> Result<Sources, String> {
-    loadgen::connect::parse_sources(spec).map(Sources)
+fn parse_sources(spec: &str) -> Result<SourcesArg, String> {
+    if spec.trim() == "auto" {
+        return Ok(SourcesArg::Auto);
+    }
+    loadgen::connect::parse_sources(spec).map(SourcesArg::List)
+}
+
+fn parse_procs(spec: &str) -> Result<Procs, String> {
+    if spec.trim() == "auto" {
+        return Ok(Procs::Auto);
+    }
+    match spec.trim().parse::<usize>() {
+        Ok(0) | Err(_) => Err(format!(
+            "{spec:?}: expected a number of processes (1 or more) or `auto`"
+        )),
+        Ok(p) => Ok(Procs::Exactly(p)),
+    }
 }
 
 fn seconds(flag: &str, secs: f64) -> Result<Duration, LoadError> {
@@ -140,7 +180,17 @@ fn seconds(flag: &str, secs: f64) -> Result<Duration, LoadError> {
 
 fn run_echo(args: EchoArgs) -> Result<bool, LoadError> {
     let mut config = EchoConfig::new(args.common.addr);
-    config.sources = args.common.sources.map(|s| s.0).unwrap_or_default();
+    config.sources = match args.common.sources {
+        None => Vec::new(),
+        Some(SourcesArg::List(list)) => list,
+        Some(SourcesArg::Auto) => {
+            return Err(LoadError::Config(
+                "--sources auto: only `loadgen hold` chooses source addresses itself; \
+                 give a list, e.g. --sources 127.0.0.1-127.0.0.4"
+                    .to_string(),
+            ));
+        }
+    };
     config.connections = args.conns;
     config.message_size = args.size;
     config.pipeline = args.pipeline;
@@ -175,18 +225,37 @@ fn run_echo(args: EchoArgs) -> Result<bool, LoadError> {
 
 fn run_hold(args: HoldArgs) -> Result<bool, LoadError> {
     let mut config = HoldConfig::new(args.common.addr);
-    config.sources = args.common.sources.map(|s| s.0).unwrap_or_default();
     config.connections = args.conns;
     config.rate = args.rate;
     config.max_connecting = args.max_connecting;
     config.hold = seconds("hold", args.hold_secs)?;
     config.ping_every = seconds("ping-every", args.ping_every)?;
     config.ping_sample = args.ping_sample;
+    config.ping_size = args.ping_size;
+    config.verify_all = args.verify_all;
     config.timeout = seconds("timeout", args.common.timeout)?;
     config.cpu = args.common.cpu;
     config.server_pid = args.common.server_pid;
     config.progress = !args.common.json;
-    let report = hold::run(&config)?;
+    if args.child {
+        // One process of a spread run: its parent chose everything.
+        config.sources = match args.common.sources {
+            Some(SourcesArg::List(list)) => list,
+            _ => Vec::new(),
+        };
+        config.first_index = args.first_index;
+        config.progress = false;
+        return spread::run_child(&config);
+    }
+    let program = std::env::current_exe()
+        .map_err(|e| LoadError::io("finding loadgen's own binary to run as children", e))?;
+    let mut spread_config = SpreadConfig::new(config, program);
+    spread_config.procs = args.procs;
+    spread_config.sources = match args.common.sources {
+        None | Some(SourcesArg::Auto) => Sources::Auto,
+        Some(SourcesArg::List(list)) => Sources::List(list),
+    };
+    let report = spread::run_hold(&spread_config)?;
     let mut out = std::io::stdout().lock();
     let written = if args.common.json {
         serde_json::to_writer_pretty(&mut out, &report)
@@ -235,6 +304,24 @@ mod tests {
         else {
             panic!("hold with --sources did not parse");
         };
-        assert_eq!(args.common.sources.map(|s| s.0.len()), Some(3));
+        let Some(SourcesArg::List(list)) = args.common.sources else {
+            panic!("--sources 127.0.0.1-127.0.0.3 is not a list");
+        };
+        assert_eq!(list.len(), 3);
+        assert!(matches!(args.procs, Procs::Auto));
+    }
+
+    #[test]
+    fn procs_flag_takes_a_number_or_auto() {
+        let parse = |procs: &str| match Cli::try_parse_from(["loadgen", "hold", "--procs", procs]) {
+            Ok(Cli {
+                mode: Mode::Hold(args),
+            }) => Some(args.procs),
+            _ => None,
+        };
+        assert_eq!(parse("3"), Some(Procs::Exactly(3)));
+        assert_eq!(parse("auto"), Some(Procs::Auto));
+        assert_eq!(parse("0"), None);
+        assert_eq!(parse("many"), None);
     }
 }

@@ -23,8 +23,10 @@ impl Progress {
                 bar.set_style(style.progress_chars("=> "));
             }
             bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-            bar.set_length(len);
+            // Position first: a redraw between the two must not show the
+            // old phase's count over the new length.
             bar.set_position(0);
+            bar.set_length(len);
             bar.set_message("");
         }
     }

@@ -240,6 +240,9 @@ pub struct HoldReport {
     /// Requested connect rate in connections per second (None: as fast as possible).
     pub target_rate: Option<f64>,
     pub connect: ConnectStats,
+    /// Processes the connections were spread over (1: this process alone).
+    #[serde(default = "one")]
+    pub processes: usize,
     /// How long all connections were held open after the ramp.
     pub hold_seconds: f64,
     pub ping_every_seconds: f64,
@@ -250,12 +253,29 @@ pub struct HoldReport {
     /// Pings whose echo came back complete and byte-exact.
     pub pings_ok: u64,
     pub ping_rtt_us: Latency,
+    /// `--verify-all`: every held connection was sent one ping during the hold.
+    #[serde(default)]
+    pub verify_all: bool,
+    /// Held connections that answered at least one ping during the hold
+    /// (with `--verify-all`, all of them should have).
+    #[serde(default)]
+    pub connections_answered: u64,
     /// Held connections that were closed or reset by the server.
     pub connections_lost: u64,
     pub errors: ErrorCounts,
     pub cpu: CpuReport,
-    /// Every connection established and kept, every ping answered exactly.
+    /// Every connection established and kept, every ping answered exactly
+    /// (and with `--verify-all`, every connection answered one).
     pub ok: bool,
+    /// The ping round trips as an HdrHistogram (V2 serialization, hex): set
+    /// only by the processes of a spread run, so that their parent can merge
+    /// percentiles exactly instead of averaging them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ping_rtt_histogram: Option<String>,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Writes `key  value` rows with the keys in one aligned column.
@@ -393,7 +413,15 @@ impl HoldReport {
             Some(r) => format!("{r:.0} conn/s"),
             None => "unlimited".to_string(),
         };
-        writeln!(out, "hold {}: {sources}, target rate {rate}", self.addr)?;
+        let processes = match self.processes {
+            0 | 1 => String::new(),
+            p => format!(", {p} processes"),
+        };
+        writeln!(
+            out,
+            "hold {}: {sources}, target rate {rate}{processes}",
+            self.addr
+        )?;
         print_connect(out, &self.connect)?;
         row(
             out,
@@ -413,6 +441,21 @@ impl HoldReport {
             ),
         )?;
         print_latency(out, "ping rtt", &self.ping_rtt_us)?;
+        if self.verify_all {
+            let every = if self.connections_answered == self.connect.established as u64 {
+                "every connection answered an echo"
+            } else {
+                "NOT every connection answered an echo"
+            };
+            row(
+                out,
+                "verify all",
+                format_args!(
+                    "{every} ({} of {})",
+                    self.connections_answered, self.connect.established
+                ),
+            )?;
+        }
         print_errors(out, &self.errors)?;
         print_cpu(out, &self.cpu)?;
         row(out, "result", format_args!("{}", verdict(self.ok)))
