@@ -86,6 +86,19 @@ pub fn check_all() -> TaskResult {
         return Err(TaskError::Failed("no exercises found under exercises/".into()));
     }
     let mut problems = Vec::new();
+    // The book's exercise page includes every exercise's README, so a new
+    // exercise cannot be forgotten there.
+    let page = workspace_root().join("book").join("src").join("exercises.md");
+    let page = fs::read_to_string(&page).unwrap_or_default();
+    for ex in &exercises {
+        let include = format!("exercises/{}/README.md", ex.name);
+        if !page.contains(&include) {
+            problems.push(format!(
+                "{}: book/src/exercises.md does not include {include}",
+                ex.name
+            ));
+        }
+    }
     for ex in &exercises {
         eprintln!("    exercise {}", ex.name);
         if let Err(problem) = check_one(ex) {
