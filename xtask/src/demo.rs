@@ -39,7 +39,11 @@ pub fn run(args: &DemoArgs) -> TaskResult {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // With two or more cores, server and load each get their own, so the
     // numbers are the server's and not a fight over one core.
-    let (server_core, load_core) = if cores >= 2 { (Some(0), Some(1)) } else { (None, None) };
+    let (server_core, load_core) = if cores >= 2 {
+        (Some(0), Some(1))
+    } else {
+        (None, None)
+    };
 
     let mut builder = ServerProcess::builder(bin_dir.join(&server));
     if let Some(core) = server_core {
@@ -57,15 +61,29 @@ pub fn run(args: &DemoArgs) -> TaskResult {
         .map(|c| vec!["--cpu".to_string(), c.to_string()])
         .unwrap_or_default();
     let echo = run_step(
-        &format!("echo: {} connections, 64-byte messages, {} s", args.conns, args.duration),
+        &format!(
+            "echo: {} connections, 64-byte messages, {} s",
+            args.conns, args.duration
+        ),
         Command::new(&loadgen)
-            .args(["echo", "--addr", &addr, "--size", "64", "--server-pid", &pid])
+            .args([
+                "echo",
+                "--addr",
+                &addr,
+                "--size",
+                "64",
+                "--server-pid",
+                &pid,
+            ])
             .args(["--conns", &args.conns.to_string()])
             .args(["--duration", &args.duration.to_string()])
             .args(&pin),
     );
     let hold = run_step(
-        &format!("hold: ramp {} idle connections and ping a sample", args.hold),
+        &format!(
+            "hold: ramp {} idle connections and ping a sample",
+            args.hold
+        ),
         Command::new(&loadgen)
             .args(["hold", "--addr", &addr, "--hold", "3"])
             .args(["--conns", &args.hold.to_string()])

@@ -56,7 +56,10 @@ pub fn run(args: &ExerciseArgs) -> TaskResult {
             println!("the reference solution of {} passes", ex.name);
             Ok(())
         } else {
-            Err(TaskError::Failed(format!("the reference solution of {} fails", ex.name)))
+            Err(TaskError::Failed(format!(
+                "the reference solution of {} fails",
+                ex.name
+            )))
         };
     }
     println!("checking your work in {}", ex.dir.display());
@@ -64,7 +67,10 @@ pub fn run(args: &ExerciseArgs) -> TaskResult {
         .status()
         .map_err(|e| TaskError::Failed(format!("could not run cargo: {e}")))?;
     if status.success() {
-        println!("\n{}: all tests pass. Well done — compare with solution/ to see another way.", ex.name);
+        println!(
+            "\n{}: all tests pass. Well done — compare with solution/ to see another way.",
+            ex.name
+        );
         Ok(())
     } else {
         println!("\n{}: not yet. A hint:\n", ex.name);
@@ -83,12 +89,17 @@ pub fn run(args: &ExerciseArgs) -> TaskResult {
 pub fn check_all() -> TaskResult {
     let exercises = list()?;
     if exercises.is_empty() {
-        return Err(TaskError::Failed("no exercises found under exercises/".into()));
+        return Err(TaskError::Failed(
+            "no exercises found under exercises/".into(),
+        ));
     }
     let mut problems = Vec::new();
     // The book's exercise page includes every exercise's README, so a new
     // exercise cannot be forgotten there.
-    let page = workspace_root().join("book").join("src").join("exercises.md");
+    let page = workspace_root()
+        .join("book")
+        .join("src")
+        .join("exercises.md");
     let page = fs::read_to_string(&page).unwrap_or_default();
     for ex in &exercises {
         let include = format!("exercises/{}/README.md", ex.name);
@@ -106,7 +117,10 @@ pub fn check_all() -> TaskResult {
         }
     }
     if problems.is_empty() {
-        eprintln!("    ok: {} exercises fail untouched and pass solved", exercises.len());
+        eprintln!(
+            "    ok: {} exercises fail untouched and pass solved",
+            exercises.len()
+        );
         Ok(())
     } else {
         Err(TaskError::Failed(problems.join("\n")))
@@ -132,25 +146,40 @@ fn check_one(ex: &Exercise) -> Result<(), String> {
     let untouched = cargo_in(&start, &["test"]).map_err(|e| e.to_string())?;
     if untouched.status.success() {
         print_output(&untouched);
-        return Err(format!("{}: tests pass on the untouched exercise (they must fail)", ex.name));
+        return Err(format!(
+            "{}: tests pass on the untouched exercise (they must fail)",
+            ex.name
+        ));
     }
 
     let solved = scratch_copy(ex, true).map_err(|e| e.to_string())?;
     let tested = cargo_in(&solved, &["test"]).map_err(|e| e.to_string())?;
     if !tested.status.success() {
         print_output(&tested);
-        return Err(format!("{}: tests fail with the reference solution", ex.name));
+        return Err(format!(
+            "{}: tests fail with the reference solution",
+            ex.name
+        ));
     }
-    let linted = cargo_in(&solved, &["clippy", "--all-targets", "--", "-D", "warnings"])
-        .map_err(|e| e.to_string())?;
+    let linted = cargo_in(
+        &solved,
+        &["clippy", "--all-targets", "--", "-D", "warnings"],
+    )
+    .map_err(|e| e.to_string())?;
     if !linted.status.success() {
         print_output(&linted);
-        return Err(format!("{}: clippy fails on the reference solution", ex.name));
+        return Err(format!(
+            "{}: clippy fails on the reference solution",
+            ex.name
+        ));
     }
     let formatted = cargo_in(&solved, &["fmt", "--", "--check"]).map_err(|e| e.to_string())?;
     if !formatted.status.success() {
         print_output(&formatted);
-        return Err(format!("{}: the reference solution is not rustfmt-clean", ex.name));
+        return Err(format!(
+            "{}: the reference solution is not rustfmt-clean",
+            ex.name
+        ));
     }
     let formatted = cargo_in(&start, &["fmt", "--", "--check"]).map_err(|e| e.to_string())?;
     if !formatted.status.success() {
@@ -191,7 +220,10 @@ fn find<'a>(exercises: &'a [Exercise], query: &str) -> Result<&'a Exercise, Task
         ))),
         many => Err(TaskError::Usage(format!(
             "`{query}` matches several exercises: {}",
-            many.iter().map(|ex| ex.name.as_str()).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(|ex| ex.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
     }
 }
@@ -223,7 +255,10 @@ fn hints(ex: &Exercise) -> io::Result<Vec<String>> {
         .into_iter()
         .map(|h| h.trim().to_string())
         // A section holding only a heading (`# Hints`) is a title, not a hint.
-        .filter(|h| h.lines().any(|l| !l.trim().is_empty() && !l.starts_with('#')))
+        .filter(|h| {
+            h.lines()
+                .any(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        })
         .collect())
 }
 
@@ -297,7 +332,10 @@ fn cargo_command(dir: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(cargo);
     cmd.args(args).current_dir(dir).env(
         "CARGO_TARGET_DIR",
-        workspace_root().join("target").join("exercises").join(flavour),
+        workspace_root()
+            .join("target")
+            .join("exercises")
+            .join(flavour),
     );
     cmd
 }

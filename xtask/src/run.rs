@@ -53,15 +53,17 @@ pub fn cargo() -> Command {
 pub fn run_step(title: &str, cmd: &mut Command) -> TaskResult {
     eprintln!("\n==> {title}\n    $ {}", describe(cmd));
     let started = Instant::now();
-    let status = cmd
-        .status()
-        .map_err(|e| TaskError::Failed(format!("{title}: could not start {}: {e}", describe(cmd))))?;
+    let status = cmd.status().map_err(|e| {
+        TaskError::Failed(format!("{title}: could not start {}: {e}", describe(cmd)))
+    })?;
     let took = started.elapsed().as_secs_f64();
     if status.success() {
         eprintln!("    ok ({took:.1} s)");
         Ok(())
     } else {
-        Err(TaskError::Failed(format!("{title} failed ({status}) after {took:.1} s")))
+        Err(TaskError::Failed(format!(
+            "{title} failed ({status}) after {took:.1} s"
+        )))
     }
 }
 
