@@ -1,0 +1,193 @@
+//! Chapter 05's own lessons, observed from outside: the pool's counters in
+//! the summary, idle connections that hold no pooled buffer however busy
+//! they were, echo still exact through pooled chunks, and a slab token that
+//! goes stale when its connection closes.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use loadgen::server::ServerProcess;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ch05-buffer-pool");
+/// Generous: only reached when something is broken, never a measurement.
+const FAILSAFE: Duration = Duration::from_secs(30);
+
+fn start(args: &[&str]) -> ServerProcess {
+    ServerProcess::spawn(BIN, args).unwrap()
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(FAILSAFE)).unwrap();
+    stream
+}
+
+/// SIGINT, then the counters from the `summary:` line.
+fn summary(server: ServerProcess) -> HashMap<String, u64> {
+    let shutdown = server.shutdown().unwrap();
+    assert_eq!(shutdown.status.code(), Some(0), "{shutdown:?}");
+    let line = shutdown.summary_line().unwrap();
+    line["summary:".len()..]
+        .split_whitespace()
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap();
+            (key.to_string(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+/// `lines` numbered lines, all different, so a reordered, lost or repeated
+/// line shows up as a difference.
+fn numbered_lines(client: usize, lines: usize) -> Vec<u8> {
+    (0..lines)
+        .flat_map(|line| format!("client {client} line {line:05}\n").into_bytes())
+        .collect()
+}
+
+/// Writes `data` in one go from a second thread (pipelining every line)
+/// while this thread reads the echo; returns what came back.
+fn pipeline(stream: TcpStream, data: Vec<u8>) -> Vec<u8> {
+    let mut writer = stream.try_clone().unwrap();
+    let expected = data.len();
+    let sender = thread::spawn(move || writer.write_all(&data).unwrap());
+    let mut echoed = vec![0; expected];
+    (&stream).read_exact(&mut echoed).unwrap();
+    sender.join().unwrap();
+    echoed
+}
+
+#[test]
+fn pool_counters_are_in_the_summary_line() {
+    let server = start(&["--workers", "2"]);
+    let addr = server.addr();
+    for client in 0..20 {
+        let sent = numbered_lines(client, 100);
+        assert!(pipeline(connect(addr), sent.clone()) == sent);
+    }
+    let counts = summary(server);
+    for key in [
+        "pool_hits",
+        "pool_misses",
+        "pool_high_water",
+        "pool_in_use",
+        "pool_dropped",
+    ] {
+        assert!(counts.contains_key(key), "no {key}= in {counts:?}");
+    }
+    // Twenty clients one after the other: the chunks of the first are
+    // reused by all the others.
+    assert!(counts["pool_misses"] > 0, "{counts:?}");
+    assert!(counts["pool_hits"] > counts["pool_misses"], "{counts:?}");
+    assert!(counts["pool_high_water"] >= 1, "{counts:?}");
+}
+
+/// Fifty clients each push 1 MiB through (pipelined, so the server's echo
+/// backs up and chunks pile up in pending output), then stay connected and
+/// say nothing. When the server stops, all fifty are still open, and not one
+/// chunk is lent out: an idle connection holds no pooled buffer.
+#[test]
+fn idle_connections_hold_no_pool_buffer_after_a_burst() {
+    let server = start(&["--workers", "2"]);
+    let addr = server.addr();
+    let handles: Vec<_> = (0..50)
+        .map(|client| {
+            thread::spawn(move || {
+                let stream = connect(addr);
+                let sent = numbered_lines(client, 40_000); // ~1 MiB
+                let echoed = pipeline(stream.try_clone().unwrap(), sent.clone());
+                assert!(echoed == sent, "client {client}: echo differs");
+                stream // stays open, idle
+            })
+        })
+        .collect();
+    let idle: Vec<TcpStream> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let counts = summary(server);
+    drop(idle);
+    assert_eq!(counts["pool_in_use"], 0, "{counts:?}");
+    assert!(
+        counts["pool_high_water"] > 16,
+        "a burst needs many chunks at once: {counts:?}"
+    );
+}
+
+/// Pipelined lines still come back exactly, in order, now that they travel
+/// to the workers and back in pooled 16 KiB chunks rather than one `Vec`.
+#[test]
+fn pipelined_lines_come_back_in_order_through_pooled_chunks() {
+    let server = start(&["--workers", "4", "--work-us", "10"]);
+    let addr = server.addr();
+    let handles: Vec<_> = (0..8)
+        .map(|client| {
+            thread::spawn(move || {
+                let sent = numbered_lines(client, 5000);
+                let echoed = pipeline(connect(addr), sent.clone());
+                assert!(
+                    echoed == sent,
+                    "client {client}: echo differs from what it sent"
+                );
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().unwrap();
+    }
+    assert_eq!(summary(server)["pool_in_use"], 0);
+}
+
+#[test]
+fn a_result_for_a_reset_client_never_reaches_the_next_one() {
+    // One worker, and a line that keeps it busy for a second: A's job is
+    // still running when A resets and B is accepted into A's slab slot (the
+    // slot freed last is reused first), with the next generation.
+    let server = start(&["--workers", "1", "--work-us", "1000000"]);
+    let addr = server.addr();
+    let idle_cpu = server.cpu_time().unwrap();
+    let mut a = connect(addr);
+    a.write_all(b"for A only\n").unwrap();
+    // The worker spinning is the sign that A's line was read and handed over.
+    let deadline = Instant::now() + FAILSAFE;
+    while server.cpu_time().unwrap() < idle_cpu + Duration::from_millis(50) {
+        assert!(
+            Instant::now() < deadline,
+            "the server never started A's job"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    reset(a);
+    // No newline: no work, so B's echo only waits for A's job to finish.
+    let mut b = connect(addr);
+    b.write_all(b"for B").unwrap();
+    let mut echoed = [0; 5];
+    b.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"for B", "B received bytes that were not its own");
+    let counts = summary(server);
+    assert_eq!(counts["results_dropped"], 1, "{counts:?}");
+    assert_eq!(counts["pool_in_use"], 0, "A's chunks went back: {counts:?}");
+}
+
+/// Closes with SO_LINGER 0, so the kernel sends RST instead of FIN: the
+/// server sees an error on the socket and closes it at once, job or not.
+fn reset(stream: TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `linger` is a valid struct of the size we pass, and the
+    // socket is open for the duration of the call.
+    let result = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            u32::try_from(size_of::<libc::linger>()).unwrap(),
+        )
+    };
+    assert_eq!(result, 0);
+    drop(stream);
+}
