@@ -9,11 +9,36 @@
 ///
 /// // or with arguments appended to every spawn (after `--addr 127.0.0.1:0`):
 /// loadgen::conformance_tests!(env!("CARGO_BIN_EXE_ch07-core-pinning"), ["--threads", "1"]);
+///
+/// // chapter 06 on: also the idle-timeout check, with the server started
+/// // with `--idle-timeout 0.5` (after the other arguments):
+/// loadgen::conformance_tests!(env!("CARGO_BIN_EXE_ch06-idle-timeouts"), [], idle_timeout = "0.5");
 /// ```
 #[macro_export]
 macro_rules! conformance_tests {
     ($bin:expr $(,)?) => {
         $crate::conformance_tests!($bin, []);
+    };
+    ($bin:expr, [$($arg:expr),* $(,)?], idle_timeout = $secs:literal $(,)?) => {
+        $crate::conformance_tests!($bin, [$($arg),*]);
+
+        #[test]
+        fn idle_client_is_reaped_and_active_client_kept() {
+            let timeout = ::std::time::Duration::from_secs_f64(
+                $secs.parse::<f64>().expect("idle_timeout = \"SECS\", e.g. \"0.5\""),
+            );
+            let server = match __conformance_server().spawn(&["--idle-timeout", $secs]) {
+                Ok(server) => server,
+                Err(failure) => panic!("idle_timeout: {failure}"),
+            };
+            let target = $crate::conformance::Target::process(&server);
+            if let Err(failure) = $crate::conformance::idle_timeout(&target, timeout) {
+                panic!(
+                    "idle_timeout failed: {failure}\nserver stderr:\n{}",
+                    server.stderr().trim_end()
+                );
+            }
+        }
     };
     ($bin:expr, [$($arg:expr),* $(,)?] $(,)?) => {
         fn __conformance_server() -> $crate::conformance::ServerSpec {
