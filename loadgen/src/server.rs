@@ -429,24 +429,35 @@ impl ServerProcess {
         }
     }
 
-    /// Resident memory (RSS) of the server, from `/proc/PID/statm`.
+    /// Resident memory (RSS) of the server's process tree, from
+    /// `/proc/PID/statm`: the server and every process descended from it (a
+    /// prefork server's workers hold the connections, not its supervisor).
     pub fn rss_bytes(&self) -> io::Result<u64> {
-        proc::rss_bytes(self.pid)
+        proc::sum_over_tree(self.pid, proc::rss_bytes)
     }
 
-    /// Number of open descriptors, counted in `/proc/PID/fd`.
+    /// Open descriptors of the server's process tree, counted in
+    /// `/proc/PID/fd` of each process.
     pub fn open_fds(&self) -> io::Result<usize> {
-        proc::open_fds(self.pid)
+        proc::sum_over_tree(self.pid, proc::open_fds)
     }
 
-    /// User plus system CPU time the server has used, from `/proc/PID/stat`.
+    /// User plus system CPU time the server's process tree has used, from
+    /// `/proc/PID/stat` of each live process (a prefork server's echo work is
+    /// done in its workers).
     pub fn cpu_time(&self) -> io::Result<Duration> {
-        proc::cpu_time(self.pid)
+        proc::sum_over_tree(self.pid, proc::cpu_time)
     }
 
-    /// Number of threads, from the `Threads:` line of `/proc/PID/status`.
+    /// Number of threads of the server's process tree, from the `Threads:`
+    /// line of each `/proc/PID/status`.
     pub fn threads(&self) -> io::Result<usize> {
-        proc::threads(self.pid)
+        proc::sum_over_tree(self.pid, proc::threads)
+    }
+
+    /// The server and every live process descended from it, the server first.
+    pub fn process_tree(&self) -> Vec<u32> {
+        process_tree(self.pid)
     }
 
     /// Sends SIGINT, waits up to 10 s for the server to exit (then SIGKILL,
@@ -531,6 +542,12 @@ impl Drop for ServerProcess {
     }
 }
 
+/// `pid` and every live process descended from it, `pid` first (Linux;
+/// elsewhere just `pid`).
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    proc::process_tree(pid)
+}
+
 /// `exited with code 2` / `killed by signal 9`.
 pub fn describe(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
@@ -564,6 +581,63 @@ mod proc {
         // SAFETY: sysconf has no preconditions; it returns -1 for unknown names.
         let value = unsafe { libc::sysconf(name) };
         u64::try_from(value).map_err(|_| io::Error::last_os_error())
+    }
+
+    /// `pid` and all its live descendants, `pid` first, parents before
+    /// children. Found from the parent pid (field 4) of every
+    /// `/proc/*/stat`: `/proc/PID/task/TID/children` would be cheaper but
+    /// needs CONFIG_PROC_CHILDREN, which many kernels leave out.
+    pub fn process_tree(pid: u32) -> Vec<u32> {
+        let mut parent_of: Vec<(u32, u32)> = Vec::new();
+        if let Ok(entries) = fs::read_dir("/proc") {
+            for entry in entries.flatten() {
+                let Some(child) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                    continue;
+                };
+                // A process may exit while we look: skip what cannot be read.
+                if let Some(parent) = read(child, "stat")
+                    .ok()
+                    .as_deref()
+                    .and_then(parent_pid_of_stat)
+                {
+                    parent_of.push((child, parent));
+                }
+            }
+        }
+        let mut tree = vec![pid];
+        let mut next = 0;
+        while next < tree.len() {
+            let parent = tree[next];
+            tree.extend(
+                parent_of
+                    .iter()
+                    .filter(|&&(child, p)| p == parent && child != pid)
+                    .map(|&(child, _)| child),
+            );
+            next += 1;
+        }
+        tree
+    }
+
+    /// Field 4 of `/proc/PID/stat`, counted after the `)` that ends the
+    /// command name (which may itself contain spaces or parentheses).
+    pub fn parent_pid_of_stat(stat: &str) -> Option<u32> {
+        let after_name = &stat[stat.rfind(')')? + 1..];
+        after_name.split_whitespace().nth(4 - 3)?.parse().ok()
+    }
+
+    /// `measure` summed over `pid` and its descendants. An error for `pid`
+    /// itself is returned (the server is gone); a descendant that exits
+    /// between the listing and the reading simply no longer counts.
+    pub fn sum_over_tree<T: std::iter::Sum<T>>(
+        pid: u32,
+        measure: fn(u32) -> io::Result<T>,
+    ) -> io::Result<T> {
+        let root = measure(pid)?;
+        let descendants = process_tree(pid).into_iter().skip(1);
+        Ok(std::iter::once(root)
+            .chain(descendants.filter_map(|child| measure(child).ok()))
+            .sum())
     }
 
     pub fn rss_bytes(pid: u32) -> io::Result<u64> {
@@ -628,6 +702,14 @@ mod proc {
         )
     }
 
+    pub fn process_tree(pid: u32) -> Vec<u32> {
+        vec![pid]
+    }
+
+    pub fn sum_over_tree<T>(pid: u32, measure: fn(u32) -> io::Result<T>) -> io::Result<T> {
+        measure(pid)
+    }
+
     pub fn rss_bytes(_pid: u32) -> io::Result<u64> {
         Err(unsupported())
     }
@@ -670,11 +752,56 @@ mod tests {
         assert!(proc::rss_bytes(me).unwrap() > 0);
         assert!(proc::open_fds(me).unwrap() >= 3);
         assert!(proc::threads(me).unwrap() >= 1);
-        // Burn a little CPU so the tick counter has something to show.
+        // Burn CPU until the tick counter shows some: on a busy host 30 ms
+        // of wall time may not be a single tick of CPU time.
         let start = Instant::now();
-        while start.elapsed() < Duration::from_millis(30) {
+        while proc::cpu_time(me).unwrap() == Duration::ZERO
+            && start.elapsed() < Duration::from_secs(10)
+        {
             std::hint::black_box(start.elapsed());
         }
         assert!(proc::cpu_time(me).unwrap() > Duration::ZERO);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn measures_cover_the_whole_process_tree() {
+        // sh -> sleep: a parent with one child, like a supervisor and a worker.
+        let mut parent = Command::new("sh")
+            .args(["-c", "sleep 30 & wait"])
+            .spawn()
+            .unwrap();
+        let pid = parent.id();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut tree = proc::process_tree(pid);
+        while tree.len() < 2 && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+            tree = proc::process_tree(pid);
+        }
+        assert_eq!(tree.len(), 2, "sh and its sleep: {tree:?}");
+        assert_eq!(tree[0], pid);
+        let alone = proc::open_fds(pid).unwrap();
+        let both = proc::sum_over_tree(pid, proc::open_fds).unwrap();
+        assert_eq!(both, alone + proc::open_fds(tree[1]).unwrap());
+        assert_eq!(proc::sum_over_tree(pid, proc::threads).unwrap(), 2);
+        assert!(proc::sum_over_tree(pid, proc::rss_bytes).unwrap() > proc::rss_bytes(pid).unwrap());
+        // A process with no children measures exactly as before.
+        let me = std::process::id();
+        let childless = proc::process_tree(tree[1]);
+        assert_eq!(childless, vec![tree[1]]);
+        assert!(proc::process_tree(me).contains(&pid));
+        for &member in tree.iter().rev() {
+            // SAFETY: kill has no memory-safety preconditions; these pids are
+            // our child and its child, alive until we reap them below.
+            unsafe { libc::kill(member as libc::pid_t, libc::SIGKILL) };
+        }
+        parent.wait().unwrap();
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn parent_pid_is_read_after_the_command_name() {
+        let stat = "42 (a) b (c)) S 7 42 42 0 -1";
+        assert_eq!(proc::parent_pid_of_stat(stat), Some(7));
     }
 }

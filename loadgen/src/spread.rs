@@ -15,13 +15,17 @@
 //!   more ports; [`crate::connect`] binds each socket with
 //!   `IP_BIND_ADDRESS_NO_PORT` so the port is still picked at `connect()`.
 //!
-//!   The hard limit is the range's width, but the *fast* limit is half of
-//!   it: `connect()` looks for a free port among the even ports first
-//!   (leaving odd ones for `bind()`), and once those are taken it scans all
-//!   of them on every connect before trying an odd one. Measured here, one
-//!   source with the default range (28,232 ports): 14,000 connections open
-//!   at ~17K/s, 16,000 at ~3.5K/s, 19,000 at ~1.4K/s. So [`plan`] puts at
-//!   most half a range on each source address.
+//!   The hard limit is the range's width, but the *fast* limit is well
+//!   below it: `connect()` looks for a free port among the even ports first
+//!   (leaving odd ones for `bind()`), and the fuller that half is, the
+//!   longer each connect scans for a free one. Measured here, one source
+//!   with the default range (28,232 ports): 14,000 connections open at
+//!   ~17K/s, 16,000 at ~3.5K/s, 19,000 at ~1.4K/s. And at a million
+//!   connections with 32 sources of ~31,000 each (97% of the even half of
+//!   1024-65535) the ramp fell from ~35K/s to 1-2K/s near the end, where
+//!   100 sources of 10,000 held 20-26K/s throughout. So [`plan`] puts at
+//!   most a *quarter* of the range (half of the even half) on each source
+//!   address.
 //!
 //! [`plan`] is the arithmetic (a pure function); [`run_hold`] carries it out:
 //! it re-executes the loadgen binary once per process with a hidden
@@ -86,9 +90,10 @@ impl HostLimits {
     }
 
     /// Connections one source address takes while `connect()` still finds
-    /// a free port at once: the half of the range it searches first.
+    /// a free port at once: a quarter of the range, so the even half it
+    /// searches first stays at most half full.
     pub fn fast_ports_per_source(&self) -> u64 {
-        (self.ports_per_source() / 2).max(1)
+        (self.ports_per_source() / 4).max(1)
     }
 
     /// Connections one process can hold.
@@ -145,8 +150,8 @@ pub struct SpreadPlan {
 ///
 /// A process holds at most `RLIMIT_NOFILE - FD_HEADROOM` connections; a
 /// source address at most one port-range width of them towards `server`,
-/// and automatic choice puts only half a width on each (see the module
-/// docs: beyond that, every connect scans the range). An explicit choice
+/// and automatic choice puts only a quarter of a width on each (see the
+/// module docs: beyond that, connects slow down as they scan for a port). An explicit choice
 /// that cannot work is an error naming the limit.
 pub fn plan(
     connections: usize,
@@ -248,8 +253,8 @@ impl SpreadPlan {
         };
         format!(
             "{} connections over {processes} (RLIMIT_NOFILE={}) and {sources} \
-             (port range {low}-{high}: {} per source, half the range, so connect() \
-             finds a free port at once)",
+             (port range {low}-{high}: {} per source, a quarter of the range, so \
+             connect() finds a free port at once)",
             self.connections,
             self.limits.nofile_hard,
             self.limits.fast_ports_per_source()
@@ -737,7 +742,7 @@ mod tests {
     }
 
     #[test]
-    fn a_million_here_needs_51_processes_and_32_sources() {
+    fn a_million_here_needs_51_processes_and_63_sources() {
         let p = plan(
             1_000_000,
             loopback(),
@@ -748,15 +753,15 @@ mod tests {
         .unwrap();
         // 19,900 per process (20,000 minus 100 spare): ceil(1e6 / 19900) = 51.
         assert_eq!(p.processes, 51);
-        // 64,512 ports, half of them per source: ceil(1e6 / 32256) = 32.
-        assert_eq!(p.sources.len(), 32);
+        // 64,512 ports, a quarter of them per source: ceil(1e6 / 16128) = 63.
+        assert_eq!(p.sources.len(), 63);
         assert_eq!(p.sources[0], "127.0.0.1".parse::<IpAddr>().unwrap());
-        assert_eq!(p.sources[31], "127.0.0.32".parse::<IpAddr>().unwrap());
+        assert_eq!(p.sources[62], "127.0.0.63".parse::<IpAddr>().unwrap());
         assert_eq!(
             p.describe(),
-            "1000000 connections over 51 processes (RLIMIT_NOFILE=20000) and 32 source \
-             addresses 127.0.0.1-127.0.0.32 (port range 1024-65535: 32256 per source, \
-             half the range, so connect() finds a free port at once)"
+            "1000000 connections over 51 processes (RLIMIT_NOFILE=20000) and 63 source \
+             addresses 127.0.0.1-127.0.0.63 (port range 1024-65535: 16128 per source, \
+             a quarter of the range, so connect() finds a free port at once)"
         );
     }
 
@@ -774,7 +779,7 @@ mod tests {
             p.processes, 1,
             "a high descriptor limit holds it all in one"
         );
-        assert_eq!(p.sources.len(), 71, "ceil(1e6 / (28232 / 2))");
+        assert_eq!(p.sources.len(), 142, "ceil(1e6 / (28232 / 4))");
     }
 
     #[test]
@@ -782,9 +787,10 @@ mod tests {
         let limits = here(20_100, 1, 100); // 20,000 per process, 100 ports
         let at = |n| plan(n, loopback(), Procs::Auto, &Sources::Auto, limits).unwrap();
         assert_eq!((at(20_000).processes, at(20_001).processes), (1, 2));
-        // Half the range per source: 50 fit the kernel's choice, 51 need two.
-        assert_eq!((at(50).sources.len(), at(51).sources.len()), (0, 2));
-        assert_eq!((at(100).sources.len(), at(101).sources.len()), (2, 3));
+        // A quarter of the range per source: 25 fit the kernel's choice, 26
+        // need two.
+        assert_eq!((at(25).sources.len(), at(26).sources.len()), (0, 2));
+        assert_eq!((at(50).sources.len(), at(51).sources.len()), (2, 3));
         // An explicit list may fill whole ranges.
         let two = Sources::List(crate::connect::parse_sources("127.0.0.1-127.0.0.2").unwrap());
         assert!(plan(200, loopback(), Procs::Auto, &two, limits).is_ok());

@@ -163,11 +163,11 @@ impl Check {
 }
 
 /// Connections one source address takes while connect() still finds a
-/// port at once: the even half of the range, which it searches first
-/// (`loadgen::spread` explains the measurement).
+/// port at once: a quarter of the range, so the even half it searches first
+/// stays at most half full (`loadgen::spread` explains the measurement).
 fn fast_ports_per_source((low, high): (u64, u64)) -> u64 {
     let width = high.saturating_sub(low) + 1;
-    (width / 2).max(1)
+    (width / 4).max(1)
 }
 
 fn gb(bytes: u64) -> String {
@@ -245,8 +245,8 @@ pub fn checks(host: &HostFacts, conns: u64) -> Vec<Check> {
     });
 
     // Ephemeral ports: width x source addresses; loadgen spreads over
-    // 127.0.0.x with half a range on each (connect() searches the even
-    // half first and slows down ~100x once it is full).
+    // 127.0.0.x with a quarter of a range on each (connect() searches the
+    // even half first and slows down ~10-100x as it fills up).
     let (low, high) = host.port_range;
     let width = high.saturating_sub(low) + 1;
     let fast_per_source = fast_ports_per_source(host.port_range);
@@ -635,13 +635,27 @@ fn apply(rows: &[Check]) -> Result<(), TaskError> {
 }
 
 pub fn run(args: &DoctorArgs) -> TaskResult {
-    if args.conns == 0 {
+    let rows = check_and_apply(args.conns, args.apply)?;
+    let short = rows.iter().filter(|r| r.status == Status::Fix).count();
+    if short > 0 {
+        return Err(TaskError::Failed(format!(
+            "{short} shortfall(s) for {} connections",
+            args.conns
+        )));
+    }
+    Ok(())
+}
+
+/// Reads the host, prints the table, and with `apply` writes the sysctls
+/// that fall short and prints the table again. Returns the final rows.
+pub fn check_and_apply(conns: u64, apply_fixes: bool) -> Result<Vec<Check>, TaskError> {
+    if conns == 0 {
         return Err(TaskError::Usage("--conns must be at least 1".to_string()));
     }
     let facts = HostFacts::read().map_err(TaskError::Failed)?;
-    let mut rows = checks(&facts, args.conns);
-    print(&rows, args.conns);
-    if args.apply {
+    let mut rows = checks(&facts, conns);
+    print(&rows, conns);
+    if apply_fixes {
         if !facts.is_root {
             return Err(TaskError::Usage(
                 "--apply writes /proc/sys and needs root: run it with sudo, or type the \
@@ -652,18 +666,19 @@ pub fn run(args: &DoctorArgs) -> TaskResult {
         println!("\napplying:");
         apply(&rows)?;
         let facts = HostFacts::read().map_err(TaskError::Failed)?;
-        rows = checks(&facts, args.conns);
+        rows = checks(&facts, conns);
         println!();
-        print(&rows, args.conns);
+        print(&rows, conns);
     }
-    let short = rows.iter().filter(|r| r.status == Status::Fix).count();
-    if short > 0 {
-        return Err(TaskError::Failed(format!(
-            "{short} shortfall(s) for {} connections",
-            args.conns
-        )));
-    }
-    Ok(())
+    Ok(rows)
+}
+
+/// The fix commands of every shortfall (FIX rows), one per line.
+pub fn fix_commands(rows: &[Check]) -> Vec<String> {
+    rows.iter()
+        .filter(|r| r.status == Status::Fix)
+        .flat_map(|r| r.remedies.iter().map(Remedy::command))
+        .collect()
 }
 
 #[cfg(test)]
@@ -715,7 +730,17 @@ mod tests {
         );
         let ports = row(&rows, "ip_local_port_range");
         assert_eq!(ports.status, Status::Warn);
-        assert_eq!(ports.needed, "1000000 over 71 sources of 127.0.0.0/8");
+        assert_eq!(ports.needed, "1000000 over 142 sources of 127.0.0.0/8");
+        // A quarter of 1024-65535 per source: ceil(1e6 / 16128) = 63.
+        assert!(
+            ports
+                .note
+                .as_ref()
+                .unwrap()
+                .contains("the full range needs 63"),
+            "{:?}",
+            ports.note
+        );
         assert_eq!(
             ports.remedies[0].command(),
             "sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\""

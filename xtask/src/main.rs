@@ -5,10 +5,16 @@
 //! - `demo`      the most advanced server present, measured by loadgen
 //! - `book`      build the book (or `--serve` it)
 //! - `exercise`  check one exercise and show a hint
+//! - `results`   measure every server and write the book's results page
+//! - `doctor`    check (and with --apply raise) the host limits for a million connections
+//! - `million`   hold a million connections with chapter 08's server, measure, report
 
 mod book;
 mod demo;
+mod doctor;
 mod exercise;
+mod million;
+mod results;
 mod run;
 mod test;
 
@@ -33,6 +39,12 @@ enum Command {
     Book(book::BookArgs),
     /// Check one exercise (by name or number) and show a hint if it fails.
     Exercise(exercise::ExerciseArgs),
+    /// Measure every server and write the book's results page (or --check it).
+    Results(results::ResultsArgs),
+    /// Check the host limits a million connections meet (--apply fixes them as root).
+    Doctor(doctor::DoctorArgs),
+    /// Hold a million connections with chapter 08's server: doctor, ramp, measure, tear down, report.
+    Million(million::MillionArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +54,9 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(&args),
         Command::Book(args) => book::run(&args),
         Command::Exercise(args) => exercise::run(&args),
+        Command::Results(args) => results::run(&args),
+        Command::Doctor(args) => doctor::run(&args),
+        Command::Million(args) => million::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -213,18 +213,22 @@ pub fn emfile(spec: &ServerSpec) -> CheckResult {
         "when {EMFILE_CLIENTS} clients connected to it under a limit of {EMFILE_NOFILE_LIMIT} descriptors"
     ))?;
 
-    let cpu_before = cpu_time(&target)?;
+    let busy_before = runnable_time(&target)?;
     let wall = Instant::now();
     thread::sleep(EMFILE_WATCH);
-    let cpu_used = cpu_time(&target)?.saturating_sub(cpu_before);
+    let busy = runnable_time(&target)?.saturating_sub(busy_before);
     let wall = wall.elapsed();
     target.still_running("while out of descriptors")?;
-    // A server that retries accept in a tight loop uses ~all of a core; a
-    // correct one is idle. Half a core is far from both, even on a busy box.
-    if cpu_used > wall / 2 {
+    // A server that retries accept in a tight loop always wants a core; a
+    // correct one sleeps. We measure the time it was *runnable* (on a CPU or
+    // waiting in the run queue), not just its CPU time: on a busy machine a
+    // spinning server may get little CPU, but it is runnable all the time.
+    // Half the wall time is far from both, however busy the machine is.
+    if busy > wall / 2 {
         fail!(
-            "while out of descriptors the server used {cpu_used:?} of CPU in {wall:?}: it spins \
-             on accept failing with EMFILE instead of waiting for a descriptor to free up"
+            "while out of descriptors the server was running or waiting to run for {busy:?} \
+             of {wall:?}: it spins on accept failing with EMFILE instead of waiting for a \
+             descriptor to free up"
         );
     }
 
@@ -236,6 +240,38 @@ pub fn emfile(spec: &ServerSpec) -> CheckResult {
         "a client after the server ran out of descriptors",
     )?;
     target.still_running("after running out of descriptors")
+}
+
+/// Time the server's threads spent on a CPU or waiting in a run queue, from
+/// `/proc/PID/task/TID/schedstat` (run ns, wait ns, timeslices) over the
+/// whole process tree; where schedstat is missing, its CPU time.
+fn runnable_time(target: &Target<'_>) -> Result<Duration, CheckFailure> {
+    let Some(server) = target.server else {
+        fail!("measuring run time needs the server process");
+    };
+    let mut total_ns: u64 = 0;
+    let mut found = false;
+    for pid in server.process_tree() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
+                continue;
+            };
+            let mut fields = stat
+                .split_whitespace()
+                .map(|f| f.parse::<u64>().unwrap_or(0));
+            let (run, wait) = (fields.next().unwrap_or(0), fields.next().unwrap_or(0));
+            total_ns += run + wait;
+            found = true;
+        }
+    }
+    if found {
+        Ok(Duration::from_nanos(total_ns))
+    } else {
+        cpu_time(target)
+    }
 }
 
 fn cpu_time(target: &Target<'_>) -> Result<Duration, CheckFailure> {

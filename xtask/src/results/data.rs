@@ -1,0 +1,144 @@
+//! The results file, `book/src/results/data.json`: everything one run of the
+//! matrix measured, and the machine it ran on. The book's results page and
+//! every chapter's table are rendered from this file alone.
+
+use serde::{Deserialize, Serialize};
+
+/// One run of the matrix.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultsData {
+    pub machine: Machine,
+    pub settings: Settings,
+    /// In the order of `c1m_benches::SERVERS` at the time of the run.
+    pub servers: Vec<ServerResults>,
+}
+
+/// Where and when the numbers were measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Machine {
+    /// CPU model, from /proc/cpuinfo.
+    pub cpu: String,
+    /// Logical CPUs online.
+    pub cores: usize,
+    /// `uname -r`.
+    pub kernel: String,
+    /// UTC date of the run, YYYY-MM-DD.
+    pub date: String,
+    /// Which core the servers and the load generator ran on, in words.
+    pub pinning: String,
+    /// Whether server and load had a core each.
+    pub pinned: bool,
+}
+
+/// How the matrix was run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    /// `--quick`: shorter windows, fewer idle connections.
+    pub quick: bool,
+    pub message_size: usize,
+    pub warmup_seconds: f64,
+    pub measure_seconds: f64,
+    /// Echo passes over all servers; each point is the best of them.
+    pub passes: usize,
+    pub connection_counts: Vec<usize>,
+    pub work_us: u32,
+    pub work_connections: usize,
+    pub idle_connections: usize,
+    /// The server everything is compared with.
+    pub reference: String,
+}
+
+/// Everything measured for one server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerResults {
+    pub name: String,
+    /// "chapter" or "baseline".
+    pub kind: String,
+    /// Extra flags it was started with.
+    pub args: Vec<String>,
+    /// Messages/s and RTT at each connection count, no CPU work.
+    pub echo: Vec<EchoPoint>,
+    /// The same with `--work-us`.
+    pub work: EchoPoint,
+    pub memory: MemoryProbe,
+}
+
+/// One closed-loop echo measurement.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EchoPoint {
+    pub connections: usize,
+    pub work_us: u32,
+    /// Rounded to a whole message.
+    pub messages_per_sec: Option<u64>,
+    pub p50_us: Option<u64>,
+    pub p99_us: Option<u64>,
+    pub p999_us: Option<u64>,
+    /// Server CPU time per message, in microseconds (one decimal).
+    pub server_cpu_us_per_message: Option<f64>,
+    /// Percent of one core each side used in the window (one decimal).
+    pub server_cpu_percent: Option<f64>,
+    pub loadgen_cpu_percent: Option<f64>,
+    /// Why this point has no (trustworthy) numbers.
+    pub error: Option<String>,
+}
+
+impl EchoPoint {
+    /// Messages/s, if the point succeeded.
+    pub fn rate(&self) -> Option<u64> {
+        if self.error.is_some() {
+            None
+        } else {
+            self.messages_per_sec
+        }
+    }
+
+    /// p99 RTT in µs, if the point succeeded.
+    pub fn p99(&self) -> Option<u64> {
+        if self.error.is_some() {
+            None
+        } else {
+            self.p99_us
+        }
+    }
+}
+
+/// Userland memory and threads with many idle connections held.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemoryProbe {
+    pub connections: usize,
+    /// RSS after serving one connection, before the hold.
+    pub rss_idle_bytes: Option<u64>,
+    /// RSS with every connection held.
+    pub rss_held_bytes: Option<u64>,
+    pub threads_idle: Option<usize>,
+    pub threads_held: Option<usize>,
+    pub error: Option<String>,
+}
+
+impl MemoryProbe {
+    /// RSS growth per held connection, if the probe succeeded.
+    pub fn bytes_per_connection(&self) -> Option<f64> {
+        if self.error.is_some() || self.connections == 0 {
+            return None;
+        }
+        let (idle, held) = (self.rss_idle_bytes?, self.rss_held_bytes?);
+        Some(held.saturating_sub(idle) as f64 / self.connections as f64)
+    }
+}
+
+impl ResultsData {
+    pub fn server(&self, name: &str) -> Option<&ServerResults> {
+        self.servers.iter().find(|s| s.name == name)
+    }
+
+    pub fn reference(&self) -> Option<&ServerResults> {
+        self.server(&self.settings.reference)
+    }
+}
+
+impl ServerResults {
+    /// The echo point at `connections`, if measured.
+    pub fn at(&self, connections: usize) -> Option<&EchoPoint> {
+        self.echo.iter().find(|p| p.connections == connections)
+    }
+}

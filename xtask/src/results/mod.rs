@@ -1,0 +1,312 @@
+//! `cargo xtask results`: measure every server, then write the book's results
+//! page, its plots and each chapter's table from what was measured.
+//!
+//! - `cargo xtask results`           run the matrix, write `data.json`, render
+//! - `cargo xtask results --quick`   the same with short windows (a pipeline check)
+//! - `cargo xtask results --render`  re-render from the committed `data.json`
+//! - `cargo xtask results --check`   re-render in memory and fail if any generated
+//!   file differs from it (no measuring; the test command runs this)
+//!
+//! Everything generated lives under `book/src`: `results.md`, `results/*.svg`
+//! and `generated/<server>.md`. The numbers come from `results/data.json`
+//! only, so a hand-edited number is a `--check` failure.
+
+mod data;
+mod machine;
+mod measure;
+mod plot;
+mod render;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use c1m_benches::{
+    CONNECTION_COUNTS, CorePlan, IDLE_CONNECTIONS, MESSAGE_SIZE, REFERENCE, SERVERS,
+    WORK_CONNECTIONS, WORK_US,
+};
+use clap::Args;
+
+use crate::run::{TaskError, TaskResult, workspace_root};
+use data::{EchoPoint, MemoryProbe, ResultsData, ServerResults, Settings};
+use measure::{EchoPass, Matrix, Timing};
+
+#[derive(Args)]
+pub struct ResultsArgs {
+    /// Short windows, one pass and 2,000 idle connections: checks the
+    /// pipeline in about a fifth of the time; the page says it was a quick run.
+    #[arg(long, conflicts_with_all = ["check", "render"])]
+    quick: bool,
+    /// Echo passes over all servers (interleaved); each point keeps its best
+    /// pass. Default: 2, or 1 with --quick.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10))]
+    passes: Option<u32>,
+    /// Do not measure: re-render from the committed data.json and fail if any
+    /// generated file differs.
+    #[arg(long, conflicts_with = "render")]
+    check: bool,
+    /// Do not measure: re-render from the committed data.json and write the files.
+    #[arg(long)]
+    render: bool,
+}
+
+pub fn run(args: &ResultsArgs) -> TaskResult {
+    if args.check {
+        return check();
+    }
+    if args.render {
+        let data = load(&data_path())?;
+        return write_rendered(&data);
+    }
+    let started = Instant::now();
+    let passes = args
+        .passes
+        .map_or(if args.quick { 1 } else { 2 }, |p| p as usize);
+    let data = measure_all(args.quick, passes)?;
+    write_file(
+        &data_path(),
+        &(serde_json::to_string_pretty(&data)
+            .map_err(|e| TaskError::Failed(format!("serialising the results: {e}")))?
+            + "\n"),
+    )?;
+    write_rendered(&data)?;
+    eprintln!(
+        "\nresults: measured {} servers in {:.0} s; wrote {} and the pages it renders",
+        data.servers.len(),
+        started.elapsed().as_secs_f64(),
+        relative(&data_path())
+    );
+    Ok(())
+}
+
+/// The committed data file every generated page comes from.
+fn data_path() -> PathBuf {
+    book_src().join("results").join("data.json")
+}
+
+fn book_src() -> PathBuf {
+    workspace_root().join("book").join("src")
+}
+
+fn relative(path: &Path) -> String {
+    path.strip_prefix(workspace_root())
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+// ANCHOR: measure_all
+/// Builds the release binaries and measures every server in `SERVERS`, one
+/// after another.
+fn measure_all(quick: bool, passes: usize) -> Result<ResultsData, TaskError> {
+    // Before anything is pinned: pinning shrinks what this process may use.
+    let cores = CorePlan::detect();
+    eprintln!("==> build loadgen and every server (release)");
+    let release_dir = c1m_benches::build_release(&["loadgen"])
+        .map_err(|e| TaskError::Failed(format!("building the servers: {e}")))?;
+    measure::check_binaries(&release_dir, SERVERS).map_err(TaskError::Failed)?;
+    let most = CONNECTION_COUNTS.into_iter().max().unwrap_or(1);
+    // Servers inherit this process's descriptor limit.
+    c1m_benches::raise_fd_limit(most.max(IDLE_CONNECTIONS)).map_err(TaskError::Failed)?;
+
+    let timing = if quick {
+        Timing {
+            warmup: Duration::from_millis(500),
+            measure: Duration::from_millis(1500),
+            hold: Duration::from_secs(2),
+        }
+    } else {
+        Timing {
+            warmup: Duration::from_secs(1),
+            measure: Duration::from_secs(3),
+            hold: Duration::from_secs(3),
+        }
+    };
+    let settings = Settings {
+        quick,
+        message_size: MESSAGE_SIZE,
+        warmup_seconds: timing.warmup.as_secs_f64(),
+        measure_seconds: timing.measure.as_secs_f64(),
+        passes,
+        connection_counts: CONNECTION_COUNTS.to_vec(),
+        work_us: WORK_US,
+        work_connections: WORK_CONNECTIONS,
+        idle_connections: if quick { 2_000 } else { IDLE_CONNECTIONS },
+        reference: REFERENCE.to_string(),
+    };
+    let matrix = Matrix {
+        release_dir,
+        cores,
+        timing,
+        settings: settings.clone(),
+    };
+    eprintln!("    {}", cores.describe());
+    eprintln!("\n==> memory per idle connection");
+    let memory: Vec<MemoryProbe> = SERVERS.iter().map(|s| matrix.memory(s)).collect();
+    // Passes go over every server in turn, so a burst of noise from
+    // elsewhere on the machine hits one server's pass, not all of its passes.
+    let mut runs: Vec<Vec<EchoPass>> = SERVERS.iter().map(|_| Vec::new()).collect();
+    for pass in 1..=passes {
+        eprintln!("\n==> echo pass {pass} of {passes}");
+        for (server, runs) in SERVERS.iter().zip(runs.iter_mut()) {
+            runs.push(matrix.echo_pass(server));
+        }
+    }
+    let servers = SERVERS
+        .iter()
+        .zip(memory)
+        .zip(runs)
+        .map(|((server, memory), runs)| {
+            let mut echo_by_count: Vec<Vec<EchoPoint>> = settings
+                .connection_counts
+                .iter()
+                .map(|_| Vec::new())
+                .collect();
+            let mut work = Vec::new();
+            for run in runs {
+                for (points, point) in echo_by_count.iter_mut().zip(run.echo) {
+                    points.push(point);
+                }
+                work.push(run.work);
+            }
+            ServerResults {
+                name: server.name.to_string(),
+                kind: server.kind.as_str().to_string(),
+                args: server.args.iter().map(|a| a.to_string()).collect(),
+                echo: echo_by_count.into_iter().map(measure::best_of).collect(),
+                work: measure::best_of(work),
+                memory,
+            }
+        })
+        .collect();
+    Ok(ResultsData {
+        machine: machine::this_machine(cores),
+        settings,
+        servers,
+    })
+}
+// ANCHOR_END: measure_all
+
+fn load(path: &Path) -> Result<ResultsData, TaskError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        TaskError::Failed(format!(
+            "cannot read {}: {e} (run `cargo xtask results` to measure)",
+            relative(path)
+        ))
+    })?;
+    serde_json::from_str(&text).map_err(|e| {
+        TaskError::Failed(format!("{} is not valid results data: {e}", relative(path)))
+    })
+}
+
+fn rendered(data: &ResultsData) -> Result<Vec<(PathBuf, String)>, TaskError> {
+    render::render(data, SERVERS).map_err(TaskError::Failed)
+}
+
+fn write_file(path: &Path, contents: &str) -> TaskResult {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| TaskError::Failed(format!("creating {}: {e}", dir.display())))?;
+    }
+    std::fs::write(path, contents)
+        .map_err(|e| TaskError::Failed(format!("writing {}: {e}", path.display())))
+}
+
+/// Writes every rendered file and removes generated snippets nothing renders any more.
+fn write_rendered(data: &ResultsData) -> TaskResult {
+    let files = rendered(data)?;
+    let src = book_src();
+    for (path, contents) in &files {
+        write_file(&src.join(path), contents)?;
+        eprintln!("    wrote book/src/{}", path.display());
+    }
+    for stale in stale_snippets(&files) {
+        std::fs::remove_file(&stale)
+            .map_err(|e| TaskError::Failed(format!("removing {}: {e}", stale.display())))?;
+        eprintln!("    removed {}", relative(&stale));
+    }
+    Ok(())
+}
+
+/// Files in `book/src/generated/` that rendering did not produce.
+fn stale_snippets(files: &[(PathBuf, String)]) -> Vec<PathBuf> {
+    let dir = book_src().join("generated");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut stale: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.strip_prefix(book_src())
+                .is_ok_and(|rel| !files.iter().any(|(f, _)| f == rel))
+        })
+        .collect();
+    stale.sort();
+    stale
+}
+
+// ANCHOR: check
+/// The check the test command runs: every generated file is exactly what the
+/// committed `data.json` renders to.
+pub fn check() -> TaskResult {
+    eprintln!("\n==> results page and chapter tables match book/src/results/data.json");
+    let data = load(&data_path())?;
+    let files = rendered(&data)?;
+    let src = book_src();
+    let mut problems = Vec::new();
+    for (path, expected) in &files {
+        match std::fs::read_to_string(src.join(path)) {
+            Ok(actual) if actual == *expected => {}
+            Ok(_) => problems.push(format!(
+                "book/src/{} differs from what data.json renders to",
+                path.display()
+            )),
+            Err(_) => problems.push(format!("book/src/{} is missing", path.display())),
+        }
+    }
+    for stale in stale_snippets(&files) {
+        problems.push(format!(
+            "{} is not rendered from data.json",
+            relative(&stale)
+        ));
+    }
+    // A chapter page without its snippet has no numbers to go stale, so this
+    // is a reminder, not a failure.
+    for page in pages_missing_their_rows() {
+        eprintln!("    note: {page}");
+    }
+    if problems.is_empty() {
+        eprintln!("    ok ({} generated files)", files.len());
+        return Ok(());
+    }
+    for problem in &problems {
+        eprintln!("    {problem}");
+    }
+    Err(TaskError::Failed(format!(
+        "{} problem(s) with the generated results: re-render with \
+         `cargo xtask results --render` (or re-measure with `cargo xtask results`)",
+        problems.len()
+    )))
+}
+// ANCHOR_END: check
+
+/// Chapter pages that exist but do not include their generated rows.
+fn pages_missing_their_rows() -> Vec<String> {
+    let src = book_src();
+    SERVERS
+        .iter()
+        .filter(|s| s.kind == c1m_benches::Kind::Chapter)
+        .filter_map(|server| {
+            let page = src.join(format!("{}.md", server.name));
+            // No page for this chapter yet: nothing to show rows on.
+            let text = std::fs::read_to_string(&page).ok()?;
+            let include = format!("{{{{#include generated/{}.md}}}}", server.name);
+            (!text.contains(&include)).then(|| {
+                format!(
+                    "{} does not show its measured rows; add `{include}` to it",
+                    relative(&page)
+                )
+            })
+        })
+        .collect()
+}
