@@ -1,0 +1,474 @@
+//! Chapter 08: chapter 07's reactors, in several processes. A supervisor
+//! starts `--procs P` worker processes (this binary again, with the hidden
+//! `--worker N` flag), each running `--reactors R` of chapter 07's reactors
+//! on `SO_REUSEPORT` listeners of one port; it restarts a worker that dies,
+//! serves Prometheus metrics (`--metrics`), prints a status line, and on
+//! SIGINT/SIGTERM shuts every worker down and prints one summary for all.
+//! Why processes: `RLIMIT_NOFILE` is per process. See
+//! book/src/ch08-million-connections.md.
+
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "chapter 08 uses epoll, eventfd, signalfd and memfd, which exist only on Linux; run it on Linux (a VM or container is fine)"
+);
+
+mod buffer_pool;
+mod connection;
+mod idle;
+mod metrics;
+mod reactors;
+mod server;
+mod slab;
+mod stats;
+mod supervisor;
+mod sys;
+mod timer_wheel;
+mod worker_process;
+mod workers;
+
+use std::io::{self, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::RawFd;
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+
+use crate::idle::IdleTimeouts;
+use crate::reactors::Balance;
+use crate::server::Config;
+use crate::supervisor::{Failure, Outcome, Settings, Supervisor};
+use crate::sys::{DescriptorLimit, Listener, SignalFd};
+use crate::worker_process::WorkerPlan;
+use crate::workers::PoolKind;
+
+/// An echo server for a million connections: a supervisor and prefork
+/// worker processes, each with one reactor (an event-loop thread for all
+/// I/O, with its own pool of worker threads for the request work) per core
+/// it is given, all on one port.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    addr: String,
+
+    /// Microseconds of CPU work (a busy loop) per newline received, done
+    /// before echoing, on a worker thread.
+    #[arg(long, default_value_t = 0)]
+    work_us: u64,
+
+    // ANCHOR: prefork_flags
+    /// Worker processes: a number, or `auto` (the fewest whose descriptor
+    /// limits hold --conns; printed with the reason at start).
+    #[arg(long, default_value = "auto")]
+    procs: Count,
+
+    /// Connections the server should be able to hold; `--procs auto` sizes
+    /// the worker count from it.
+    #[arg(long, default_value_t = 1_000_000)]
+    conns: u64,
+
+    /// Reactors (event-loop threads, each with its own listener, epoll,
+    /// slab, pools and timer wheel) per worker process: a number, or `auto`
+    /// (the cores shared out among the workers, at least 1).
+    #[arg(long, visible_alias = "threads", default_value = "auto")]
+    reactors: Count,
+
+    /// Serve Prometheus metrics on this address (`GET /metrics`).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
+
+    /// Seconds between status lines on stderr (0: none).
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    status_every: u64,
+
+    /// Internal: run as worker N (the supervisor starts workers this way).
+    #[arg(long, hide = true)]
+    worker: Option<usize>,
+
+    /// Internal: the descriptor of the shared stats memory (with --worker).
+    #[arg(long, hide = true)]
+    stats_fd: Option<RawFd>,
+    // ANCHOR_END: prefork_flags
+    /// Pin reactor i (counted over all workers) to the i-th CPU this process
+    /// may use (round robin if there are more reactors than CPUs); its
+    /// worker threads inherit it.
+    #[arg(long)]
+    pin: bool,
+
+    /// How new connections are spread over the reactors.
+    #[arg(long, value_enum, default_value_t = Balance::Reuseport)]
+    balance: Balance,
+
+    /// Worker threads per reactor that run the --work-us work [default:
+    /// cores / reactors of all processes, at least 1].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    workers: Option<u16>,
+
+    /// Which worker pool: threads sharing a channel (written in this
+    /// chapter) or rayon's ThreadPool.
+    #[arg(long, value_enum, default_value_t = PoolKind::Hand)]
+    pool: PoolKind,
+
+    /// At most this many jobs handed to the workers and not yet answered;
+    /// when it is full the loop stops reading clients until results come
+    /// back (back-pressure across the hand-off).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    queue_depth: u32,
+
+    /// Stop reading a client while this many bytes of its echo are unsent
+    /// (back-pressure).
+    #[arg(long, default_value_t = 256 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    max_pending: u64,
+
+    /// Close a connection that moves no data, in either direction, for this
+    /// many seconds (fractions allowed, e.g. 0.5) [default: never].
+    #[arg(long, value_name = "SECS", value_parser = parse_idle_timeout, allow_negative_numbers = true)]
+    idle_timeout: Option<Duration>,
+}
+
+// ANCHOR: parse_idle_timeout
+/// The longest `--idle-timeout`: a year. Deadlines are `now + timeout`, and
+/// an `Instant` that far out must still be representable.
+const MAX_IDLE_TIMEOUT_SECS: f64 = 365.0 * 24.0 * 3600.0;
+
+/// `--idle-timeout SECS`: a positive, finite number of seconds, at least a
+/// millisecond (the wheel's finest tick). clap turns an `Err` into its usual
+/// message and exit code 2.
+fn parse_idle_timeout(value: &str) -> Result<Duration, String> {
+    let secs: f64 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{value}` is not a number of seconds (e.g. 30 or 0.5)"))?;
+    if !(0.001..=MAX_IDLE_TIMEOUT_SECS).contains(&secs) {
+        return Err(format!(
+            "must be between 0.001 and {MAX_IDLE_TIMEOUT_SECS} seconds; leave the flag out to never close idle connections"
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+// ANCHOR_END: parse_idle_timeout
+
+/// A positive number or `auto` (`--procs`, `--reactors`).
+#[derive(Clone, Copy, Debug)]
+struct Count(Option<usize>);
+
+impl FromStr for Count {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Count, String> {
+        if text == "auto" {
+            return Ok(Count(None));
+        }
+        match text.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(Count(Some(n))),
+            _ => Err(format!(
+                "expected a positive number or `auto`, got `{text}`"
+            )),
+        }
+    }
+}
+
+/// Listen queue length per reactor; the kernel silently caps it at
+/// net.core.somaxconn. A million clients connecting at once need it long.
+const LISTEN_BACKLOG: i32 = 65535;
+
+// ANCHOR: main
+fn main() -> ExitCode {
+    // First, before any other thread could exist: block the signals we
+    // handle in this thread, so every thread spawned later inherits the
+    // mask, and read them from a signalfd. The supervisor also takes
+    // SIGCHLD that way: it says a worker exited.
+    let is_worker = std::env::args().any(|arg| arg == "--worker");
+    let signals = if is_worker {
+        SignalFd::for_shutdown_signals()
+    } else {
+        SignalFd::for_shutdown_and_child_signals()
+    };
+    let signals = match signals {
+        Ok(signals) => signals,
+        Err(e) => return fail(1, format_args!("cannot set up signalfd: {e}")),
+    };
+    let args = Args::parse();
+    let addr = match resolve(&args.addr) {
+        Ok(addr) => addr,
+        Err(e) => return fail(2, format_args!("cannot use --addr {}: {e}", args.addr)),
+    };
+    if let (Some(index), Some(stats_fd)) = (args.worker, args.stats_fd) {
+        return run_worker(&args, index, stats_fd, addr, signals);
+    }
+    run_supervisor(&args, addr, signals)
+}
+// ANCHOR_END: main
+
+// ANCHOR: run_worker
+/// A worker process: chapter 07's server, counting into shared memory.
+fn run_worker(
+    args: &Args,
+    index: usize,
+    stats_fd: RawFd,
+    addr: SocketAddr,
+    signals: SignalFd,
+) -> ExitCode {
+    let reactors = args.reactors.0.unwrap_or(1);
+    let plan = WorkerPlan {
+        index,
+        stats_fd,
+        addr,
+        reactors,
+        pin: args.pin,
+        balance: args.balance,
+        config: Config {
+            work_per_newline: Duration::from_micros(args.work_us),
+            max_pending: usize::try_from(args.max_pending).unwrap_or(usize::MAX),
+            workers: args
+                .workers
+                .map_or_else(|| (available_cores() / reactors).max(1), usize::from),
+            pool: args.pool,
+            queue_depth: usize::try_from(args.queue_depth).unwrap_or(usize::MAX),
+            idle_timeout: args.idle_timeout,
+            shared_listener: args.balance == Balance::Exclusive,
+        },
+    };
+    match worker_process::run(plan, signals) {
+        Ok(()) => ExitCode::SUCCESS,
+        // A usage problem (the port, a limit): exit 2, which the supervisor
+        // passes on if it happens while starting.
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => fail(
+            2,
+            format_args!("worker {index}: cannot listen on {addr}: {e}"),
+        ),
+        Err(e) => fail(1, format_args!("worker {index}: {e}")),
+    }
+}
+// ANCHOR_END: run_worker
+
+// ANCHOR: run_supervisor
+/// The supervisor: choose how many workers, start them, watch them, and
+/// print `listening on` first and `summary:` last on stdout.
+fn run_supervisor(args: &Args, addr: SocketAddr, signals: SignalFd) -> ExitCode {
+    let metrics = match args.metrics.as_deref().map(resolve).transpose() {
+        Ok(metrics) => metrics,
+        Err(e) => return fail(2, format_args!("cannot use --metrics: {e}")),
+    };
+    let limit = match DescriptorLimit::get() {
+        Ok(limit) => limit,
+        Err(e) => return fail(1, format_args!("getrlimit: {e}")),
+    };
+    let plan = supervisor::choose_plan(
+        args.procs.0,
+        args.reactors.0,
+        args.conns,
+        limit,
+        available_cores(),
+    );
+    if plan.procs > supervisor::MAX_PROCS {
+        return fail(
+            2,
+            format_args!(
+                "--procs {} is more than {} workers; use fewer (or raise `ulimit -Hn` so \
+                 each holds more)",
+                plan.procs,
+                supervisor::MAX_PROCS
+            ),
+        );
+    }
+    eprintln!(
+        "prefork: {} worker process(es) x {} reactor(s): {}",
+        plan.procs, plan.reactors, plan.reason
+    );
+    let settings = Settings {
+        addr,
+        plan: plan.clone(),
+        worker_args: worker_args(args, &plan),
+        metrics,
+        status_every: (args.status_every > 0).then(|| Duration::from_secs(args.status_every)),
+    };
+    let mut stdout = io::stdout();
+    let outcome = Supervisor::new(settings.clone(), signals).and_then(|mut supervisor| {
+        supervisor.start()?;
+        if let Some(metrics_addr) = supervisor.metrics_addr() {
+            eprintln!("metrics on http://{metrics_addr}/metrics");
+        }
+        // stdout is a pipe when a test or script runs us: flush so the
+        // line arrives now. (`writeln!`, not `println!`: a reader that has
+        // gone away is no reason to panic.)
+        let _ = writeln!(stdout, "listening on {}", supervisor.addr())
+            .and_then(|()| describe(&mut stdout, args, &settings))
+            .and_then(|()| stdout.flush());
+        supervisor.run()
+    });
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(Failure::Usage(message)) => return fail(2, format_args!("{message}")),
+        Err(Failure::Other(message)) => return fail(1, format_args!("{message}")),
+    };
+    let _ = print_summary(&mut stdout, &settings, &outcome).and_then(|()| stdout.flush());
+    ExitCode::SUCCESS
+}
+// ANCHOR_END: run_supervisor
+
+/// Chapter 07's flags, as each worker gets them on its command line. The
+/// default `--workers` is computed here, where the number of processes is
+/// known: the cores shared out among every reactor of every process.
+fn worker_args(args: &Args, plan: &supervisor::Plan) -> Vec<String> {
+    let threads_per_reactor = args.workers.map_or_else(
+        || (available_cores() / (plan.procs * plan.reactors)).max(1),
+        usize::from,
+    );
+    let mut out = vec![
+        "--work-us".to_string(),
+        args.work_us.to_string(),
+        "--max-pending".to_string(),
+        args.max_pending.to_string(),
+        "--queue-depth".to_string(),
+        args.queue_depth.to_string(),
+        "--balance".to_string(),
+        match args.balance {
+            Balance::Reuseport => "reuseport",
+            Balance::Exclusive => "exclusive",
+        }
+        .to_string(),
+        "--pool".to_string(),
+        match args.pool {
+            PoolKind::Hand => "hand",
+            PoolKind::Rayon => "rayon",
+        }
+        .to_string(),
+    ];
+    if args.pin {
+        out.push("--pin".to_string());
+    }
+    out.extend(["--workers".to_string(), threads_per_reactor.to_string()]);
+    if let Some(timeout) = args.idle_timeout {
+        out.extend([
+            "--idle-timeout".to_string(),
+            timeout.as_secs_f64().to_string(),
+        ]);
+    }
+    out
+}
+
+// ANCHOR: listeners
+/// A worker's listening sockets, one per reactor. With `SO_REUSEPORT` each
+/// reactor gets its own, all bound to the supervisor's port. With
+/// `EPOLLEXCLUSIVE` there is one per worker, and every reactor of that
+/// worker watches it. Either way the socket sets `SO_REUSEPORT`: the
+/// supervisor holds the port with it, and every member of the port's group
+/// must have it.
+fn bind_listeners(
+    addr: SocketAddr,
+    reactors: usize,
+    balance: Balance,
+) -> io::Result<Vec<Arc<Listener>>> {
+    match balance {
+        Balance::Reuseport => (0..reactors)
+            .map(|_| Listener::bind(addr, LISTEN_BACKLOG, true).map(Arc::new))
+            .collect(),
+        Balance::Exclusive => {
+            let shared = Arc::new(Listener::bind(addr, LISTEN_BACKLOG, true)?);
+            Ok(vec![shared; reactors])
+        }
+    }
+}
+// ANCHOR_END: listeners
+
+// ANCHOR: plan_pinning
+/// The CPU for each reactor with `--pin` (reactor i, counted from `first`
+/// over all workers, gets the i-th CPU we are allowed to use, round
+/// robin), or no pinning.
+fn plan_pinning(reactors: usize, pin: bool, first: usize) -> io::Result<Vec<Option<usize>>> {
+    if !pin {
+        return Ok(vec![None; reactors]);
+    }
+    let allowed = sys::allowed_cpus()?;
+    if allowed.is_empty() {
+        return Err(io::Error::other("the affinity mask is empty"));
+    }
+    Ok((first..first + reactors)
+        .map(|i| Some(allowed[i % allowed.len()]))
+        .collect())
+}
+// ANCHOR_END: plan_pinning
+
+/// The start-up lines after `listening on`: the processes and reactors,
+/// and the idle-timeout wheel.
+fn describe(out: &mut impl Write, args: &Args, settings: &Settings) -> io::Result<()> {
+    let balance = match args.balance {
+        Balance::Reuseport => "reuseport",
+        Balance::Exclusive => "exclusive",
+    };
+    let allowed = sys::allowed_cpus().unwrap_or_default();
+    writeln!(
+        out,
+        "workers={} reactors_per_worker={} balance={balance} pinned={} cpus_allowed={allowed:?}",
+        settings.plan.procs, settings.plan.reactors, args.pin,
+    )?;
+    if let Some(timeout) = args.idle_timeout {
+        let wheel = IdleTimeouts::new(timeout, Instant::now());
+        writeln!(
+            out,
+            "idle timeout {:?}: a timing wheel per reactor, {} slots x {:?} (closes at most one tick late)",
+            wheel.timeout(),
+            wheel.slots(),
+            wheel.tick(),
+        )?;
+    }
+    Ok(())
+}
+
+// ANCHOR: summary
+/// The summary line: every worker's counters added up (dead incarnations
+/// included), then how many connections each worker accepted (its last
+/// incarnation): the balance across processes, measured.
+fn print_summary(out: &mut impl Write, settings: &Settings, outcome: &Outcome) -> io::Result<()> {
+    let total = &outcome.total;
+    write!(
+        out,
+        "summary: connections_served={} shed={} reaped={} epoll_wait={} epoll_ctl={} read={} \
+         write={} accept={} jobs={} requeued={} pool_misses={} timer_ops={} bytes_received={} \
+         bytes_sent={} loop_wakeups={} workers={} reactors={} restarts={}",
+        total.accepted,
+        total.shed,
+        total.reaped,
+        total.epoll_wait_calls,
+        total.epoll_ctl_calls,
+        total.read_calls,
+        total.write_calls,
+        total.accept_calls,
+        total.jobs,
+        total.requeued,
+        total.pool_misses,
+        total.timer_ops,
+        total.bytes_received,
+        total.bytes_sent,
+        total.wakeups,
+        settings.plan.procs,
+        settings.plan.procs * settings.plan.reactors,
+        outcome.restarts,
+    )?;
+    for (index, worker) in outcome.per_worker.iter().enumerate() {
+        write!(out, " worker{index}_accepted={}", worker.accepted)?;
+    }
+    writeln!(out)
+}
+// ANCHOR_END: summary
+
+/// The CPUs this process may use.
+fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}
+
+fn resolve(addr: &str) -> std::io::Result<SocketAddr> {
+    addr.to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other("the name resolved to no address"))
+}
+
+fn fail(code: u8, message: std::fmt::Arguments<'_>) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(code)
+}

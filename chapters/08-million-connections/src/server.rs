@@ -1,0 +1,661 @@
+//! One reactor: an event loop on its own thread, with its own epoll
+//! instance, listener, slab, buffer pool, worker pool and timer wheel; it
+//! shares nothing with the other reactors (chapter 07 runs one per core).
+//! Each serves its clients with edge-triggered connections and a ready list
+//! for fairness. It only does
+//! I/O: what each read asks for (`--work-us`) runs on the worker pool, and
+//! the results come back through an eventfd in the same epoll set.
+//! Connections live in a slab and borrow output buffers from a pool only
+//! while they owe bytes, so an idle one costs one 32-byte slab entry. With
+//! `--idle-timeout`, a timing wheel beside the slab closes the ones that
+//! move no data for that long; its next deadline is the `epoll_wait`
+//! timeout. Chapter 08: a reactor counts what it does into its slot of the
+//! shared memory the supervisor reads (`ReactorStats`), instead of handing
+//! totals back when it stops, so the counters are live for `/metrics` and
+//! outlive a worker process that crashes.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::buffer_pool::{BufferPool, PendingOutput};
+use crate::connection::Connection;
+use crate::idle::IdleTimeouts;
+use crate::slab::{Slab, Token};
+use crate::stats::{ReactorStats, bump};
+use crate::sys::{
+    self, EDGE_TRIGGERED, EXCLUSIVE, Epoll, Event, EventFd, Events, Fd, Interest, Listener,
+    READ_CLOSED, READABLE, Socket, WRITABLE,
+};
+use crate::workers::{Completed, Job, PoolKind, Workers};
+
+/// How many readiness reports one `epoll_wait` may return. More are not
+/// lost: they wait in the kernel's ready list for the next call.
+const EVENTS_PER_WAIT: usize = 1024;
+/// One `read` takes at most this much.
+const READ_CHUNK: usize = 64 * 1024;
+// ANCHOR: budget_and_interest
+/// The read budget: at most this many reads per connection per turn, so one
+/// client streaming data as fast as loopback allows cannot keep the loop to
+/// itself. A connection that spends it goes to the back of the ready list.
+/// (With the worker pool a turn ends sooner: at its first read that becomes
+/// a job. The budget still bounds a turn of reads that find nothing.)
+const READS_PER_TURN: usize = 4;
+/// Every connection is registered once, for everything, and never modified.
+const CONNECTION_INTEREST: u32 = READABLE | WRITABLE | READ_CLOSED | EDGE_TRIGGERED;
+// ANCHOR_END: budget_and_interest
+/// How long to stop accepting when accept fails and we cannot shed the
+/// connection (see `accept_new_connections`).
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// Slab slots allocated up front; it grows (by doubling) past this.
+const INITIAL_CONNECTIONS: usize = 1024;
+
+// ANCHOR: tokens
+/// The epoll tokens of the descriptors that are not connections. A slab
+/// never issues these (their index is `u32::MAX`).
+const LISTENER: Token = Token::reserved(0);
+const STOP: Token = Token::reserved(1);
+const WAKER: Token = Token::reserved(2);
+// ANCHOR_END: tokens
+
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// `--work-us`: CPU time to burn per newline before echoing it.
+    pub work_per_newline: Duration,
+    /// `--max-pending`: stop reading a client that owes this many bytes.
+    pub max_pending: usize,
+    /// `--workers`: threads in the pool.
+    pub workers: usize,
+    /// `--pool`: which pool.
+    pub pool: PoolKind,
+    /// `--queue-depth`: the most jobs handed over and not yet answered.
+    pub queue_depth: usize,
+    /// `--idle-timeout`: close connections that move no data for this
+    /// long; `None`: never.
+    pub idle_timeout: Option<Duration>,
+    /// `--balance exclusive`: every reactor watches the same listener, with
+    /// `EPOLLEXCLUSIVE`; otherwise each has its own `SO_REUSEPORT` listener.
+    pub shared_listener: bool,
+}
+
+// ANCHOR: server
+pub struct Server {
+    epoll: Epoll,
+    /// This reactor's own `SO_REUSEPORT` listener, or (`--balance
+    /// exclusive`) the one listener every reactor shares.
+    listener: Arc<Listener>,
+    /// How the listener is watched: `EPOLLEXCLUSIVE` when it is shared.
+    listener_interest: Interest,
+    /// Main notifies it on SIGINT/SIGTERM: the signal arrives in main, and
+    /// this is how each reactor hears of it.
+    stop: Arc<EventFd>,
+    /// Every open connection, in one slab. The token epoll hands back is
+    /// the slot's index and its generation, so an event, a ready-list entry
+    /// or a job's result for a connection closed since finds no one.
+    connections: Slab<Connection>,
+    /// Connections with input still unread after their budget ran out, or
+    /// while the job queue was full, oldest first. Edge-triggered epoll will
+    /// not report them again, so this list is what remembers them.
+    ready_list: VecDeque<Token>,
+    /// One read buffer shared by all connections: data only stays in it
+    /// between a `read` and the copy into pooled chunks for the job.
+    read_buffer: Box<[u8]>,
+    /// Output chunks, lent to a connection from the read whose echo it owes
+    /// until the write that sends it. Only this thread touches it.
+    output_pool: BufferPool,
+    /// Held in reserve for EMFILE (see `accept_new_connections`).
+    spare_descriptor: Option<Fd>,
+    /// Set while accepting is paused after an accept error we could not shed.
+    accept_paused_until: Option<Instant>,
+    /// Whether we already said we are out of descriptors (say it once).
+    out_of_descriptors_reported: bool,
+    /// The pool that runs `--work-us`, and the way its results come back.
+    workers: Workers,
+    /// Where finished jobs are swapped in; kept to reuse its capacity.
+    completed: Vec<Completed>,
+    /// Every connection's idle deadline, by slab slot (`--idle-timeout`).
+    idle: Option<IdleTimeouts>,
+    /// Where expired slots are collected; kept to reuse its capacity.
+    expired: Vec<usize>,
+    config: Config,
+    /// This reactor's slot in the shared memory the supervisor reads; this
+    /// thread is its only writer.
+    stats: &'static ReactorStats,
+}
+// ANCHOR_END: server
+
+impl Server {
+    /// Sets up a reactor; call it on the reactor's own thread (after pinning
+    /// it), so that the worker threads it starts inherit its CPU affinity.
+    pub fn new(
+        listener: Arc<Listener>,
+        stop: Arc<EventFd>,
+        config: Config,
+        stats: &'static ReactorStats,
+    ) -> io::Result<Server> {
+        let epoll = Epoll::new()?;
+        let listener_interest = if config.shared_listener {
+            READABLE | EXCLUSIVE
+        } else {
+            READABLE
+        };
+        epoll.add(listener.raw_fd(), listener_interest, LISTENER.epoll_data())?;
+        epoll.add(stop.raw_fd(), READABLE, STOP.epoll_data())?;
+        let workers = Workers::start(
+            config.pool,
+            config.workers,
+            config.queue_depth,
+            config.work_per_newline,
+        )?;
+        // Level-triggered: readable until the loop resets it, so a wake-up
+        // cannot be missed even if one batch of results is left for later.
+        epoll.add(workers.waker_fd(), READABLE, WAKER.epoll_data())?;
+        Ok(Server {
+            epoll,
+            listener,
+            listener_interest,
+            stop,
+            connections: Slab::with_capacity(INITIAL_CONNECTIONS),
+            ready_list: VecDeque::new(),
+            read_buffer: vec![0; READ_CHUNK].into_boxed_slice(),
+            output_pool: BufferPool::new(),
+            spare_descriptor: Some(sys::open_spare_descriptor()?),
+            accept_paused_until: None,
+            out_of_descriptors_reported: false,
+            workers,
+            completed: Vec::new(),
+            idle: config
+                .idle_timeout
+                .map(|timeout| IdleTimeouts::new(timeout, Instant::now())),
+            expired: Vec::new(),
+            config,
+            stats,
+        })
+    }
+
+    // ANCHOR: event_loop
+    /// Serves clients until main says stop. Returning drops the server,
+    /// which closes its connections (and its listener, unless shared).
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(EVENTS_PER_WAIT);
+        loop {
+            let timeout = if self.ready_list.is_empty() || !self.workers.has_room() {
+                // (With the job queue full, the ready list must wait for a
+                // result to free a place, and a result wakes us anyway.)
+                // Sleep until the first idle deadline or the end of an
+                // accept pause, whichever comes first; `Epoll::wait` rounds
+                // up to whole milliseconds, so we never wake before a tick.
+                let now = Instant::now();
+                let idle_deadline = self.idle.as_ref().and_then(|idle| idle.next_timeout(now));
+                let accept_pause = self
+                    .accept_paused_until
+                    .map(|until| until.saturating_duration_since(now));
+                earliest(idle_deadline, accept_pause)
+            } else {
+                // Connections are waiting for their next turn: collect new
+                // events without sleeping, then serve both.
+                Some(Duration::ZERO)
+            };
+            match self.epoll.wait(&mut events, timeout) {
+                Ok(()) => {}
+                // A stop/continue (Ctrl-Z, a debugger) interrupts the wait;
+                // nothing happened, so wait again.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            // From here to the next epoll_wait is one iteration: how long
+            // this wake-up kept the loop (and every client on it) busy.
+            let woke = Instant::now();
+            bump(&self.stats.wakeups, 1);
+            for event in events.iter() {
+                let token = Token::from_epoll_data(event.token());
+                if token == LISTENER {
+                    self.accept_new_connections();
+                } else if token == STOP {
+                    self.stop.reset()?;
+                    // Returning drops every connection, which closes it.
+                    if !self.connections.is_empty() {
+                        bump(&self.stats.closed, self.connections.len() as u64);
+                    }
+                    self.publish_counts();
+                    return Ok(());
+                } else if token == WAKER {
+                    self.apply_completed()?;
+                } else {
+                    self.on_connection_event(token, event);
+                }
+            }
+            self.serve_ready_list();
+            self.reap_idle_connections();
+            self.resume_accepting_if_due()?;
+            self.publish_counts();
+            self.stats.record_iteration(woke.elapsed());
+        }
+    }
+    // ANCHOR_END: event_loop
+
+    // ANCHOR: publish_counts
+    /// Copies the counts kept elsewhere (this thread's syscall counters, the
+    /// worker pool's, the buffer pool's, the timing wheel's) into the shared
+    /// slot: a few relaxed stores per loop turn, read by the supervisor
+    /// whenever it likes.
+    fn publish_counts(&self) {
+        let calls = sys::counts();
+        let stats = self.stats;
+        let timer_ops = self
+            .idle
+            .as_ref()
+            .map_or(0, |idle| idle.stats().timer_ops());
+        for (counter, value) in [
+            (&stats.epoll_wait_calls, calls.epoll_wait),
+            (&stats.epoll_ctl_calls, calls.epoll_ctl),
+            (&stats.read_calls, calls.read),
+            (&stats.write_calls, calls.write),
+            (&stats.accept_calls, calls.accept),
+            (&stats.jobs, self.workers.stats().jobs),
+            (&stats.pool_misses, self.output_pool.stats().misses),
+            (&stats.timer_ops, timer_ops),
+        ] {
+            counter.store(value, Ordering::Relaxed);
+        }
+    }
+    // ANCHOR_END: publish_counts
+
+    // ANCHOR: reap
+    /// Closes every connection whose idle deadline has passed. One that is
+    /// waiting on *us* (a worker has its request, or its unread input waits
+    /// for a turn) is not idle from the client's side: it gets a new
+    /// deadline instead.
+    fn reap_idle_connections(&mut self) {
+        let Some(idle) = &mut self.idle else {
+            return;
+        };
+        // After the turn's work, not before it: a deadline is reached only
+        // when it has passed by the clock, however long the turn took.
+        let now = Instant::now();
+        let mut expired = std::mem::take(&mut self.expired);
+        idle.expire(now, &mut expired);
+        for key in expired.drain(..) {
+            // A timer only fires for an open connection: `close` cancels it.
+            let Some(token) = self.connections.token_at(key) else {
+                continue;
+            };
+            let Some(connection) = self.connections.get_mut(token) else {
+                continue;
+            };
+            if connection.job_in_flight || connection.on_ready_list {
+                if let Some(idle) = &mut self.idle {
+                    idle.on_activity(key, now);
+                }
+                continue;
+            }
+            self.close(token);
+            bump(&self.stats.reaped, 1);
+        }
+        self.expired = expired;
+    }
+    // ANCHOR_END: reap
+
+    // ANCHOR: on_connection_event
+    fn on_connection_event(&mut self, token: Token, event: Event) {
+        let Some(connection) = self.connections.get_mut(token) else {
+            // A stale token: this event was collected before a result
+            // earlier in the batch closed its connection, and the slot may
+            // already hold a newer one (with a newer generation).
+            return;
+        };
+        let served = if event.is_error() {
+            // A pending socket error (typically a reset by the peer): the
+            // client is gone and nothing more can be delivered to it.
+            Err(io::Error::from(io::ErrorKind::ConnectionReset))
+        } else {
+            // An edge is news we get once: write it down before acting on it.
+            if event.is_readable() || event.is_read_closed() {
+                connection.unread_input = true;
+            }
+            if event.is_read_closed() {
+                connection.peer_sent_fin = true;
+            }
+            let writable = event.is_writable() || event.is_hangup();
+            serve_edge_triggered(
+                token,
+                connection,
+                writable,
+                &mut self.read_buffer,
+                &mut self.output_pool,
+                &mut self.workers,
+                self.config,
+                self.stats,
+            )
+        };
+        self.after_turn(token, served);
+    }
+    // ANCHOR_END: on_connection_event
+
+    // ANCHOR: apply_completed
+    /// The eventfd said results are back: echo each, in the order its
+    /// connection sent it, and give the connection its next turn (it may
+    /// have more input waiting, which it could not hand over while this
+    /// job was out).
+    fn apply_completed(&mut self) -> io::Result<()> {
+        let mut completed = std::mem::take(&mut self.completed);
+        self.workers.take_completed(&mut completed)?;
+        for done in completed.drain(..) {
+            let Some(connection) = self.connections.get_mut(done.connection) else {
+                // Closed while its job ran (a reset, say); its slot may
+                // already hold someone else. Its chunks go back to the pool.
+                let mut orphaned = done.data;
+                orphaned.release(&mut self.output_pool);
+                continue;
+            };
+            connection.job_in_flight = false;
+            let stats = self.stats;
+            let served = connection
+                .echo(done.data, &mut self.output_pool)
+                .and_then(|sent| {
+                    bump(&stats.bytes_sent, sent as u64);
+                    serve_edge_triggered(
+                        done.connection,
+                        connection,
+                        false,
+                        &mut self.read_buffer,
+                        &mut self.output_pool,
+                        &mut self.workers,
+                        self.config,
+                        stats,
+                    )
+                });
+            self.after_turn(done.connection, served);
+        }
+        self.completed = completed;
+        Ok(())
+    }
+    // ANCHOR_END: apply_completed
+
+    // ANCHOR: ready_list
+    /// Gives every connection on the ready list one more turn (one budget of
+    /// reads), oldest first. One that spends its budget again goes to the
+    /// back, behind the connections epoll just reported. While the job
+    /// queue is full the rest wait: every turn would only find it full.
+    fn serve_ready_list(&mut self) {
+        for _ in 0..self.ready_list.len() {
+            if !self.workers.has_room() {
+                break;
+            }
+            let Some(token) = self.ready_list.pop_front() else {
+                break;
+            };
+            let Some(connection) = self.connections.get_mut(token) else {
+                continue; // closed while it waited
+            };
+            connection.on_ready_list = false;
+            let served = serve_edge_triggered(
+                token,
+                connection,
+                false,
+                &mut self.read_buffer,
+                &mut self.output_pool,
+                &mut self.workers,
+                self.config,
+                self.stats,
+            );
+            self.after_turn(token, served);
+        }
+    }
+
+    fn after_turn(&mut self, token: Token, served: io::Result<()>) {
+        let Some(connection) = self.connections.get_mut(token) else {
+            return;
+        };
+        match served {
+            Ok(()) if connection.is_finished() => self.close(token),
+            Ok(()) => {
+                // Bytes moved this turn: the idle deadline moves too. One
+                // clock read (vDSO, tens of ns) per busy turn keeps it exact
+                // even at the end of a long turn.
+                if std::mem::take(&mut connection.moved_data)
+                    && let Some(idle) = &mut self.idle
+                {
+                    idle.on_activity(token.index() as usize, Instant::now());
+                }
+                if connection.has_unread_input(self.config.max_pending) && !connection.on_ready_list
+                {
+                    connection.on_ready_list = true;
+                    self.ready_list.push_back(token);
+                    bump(&self.stats.requeued, 1);
+                }
+            }
+            Err(_) => self.close(token),
+        }
+    }
+    // ANCHOR_END: ready_list
+
+    fn close(&mut self, token: Token) {
+        // Removing bumps the slot's generation: every token for this
+        // connection is stale from now on. Dropping the connection closes
+        // its socket, which also removes it from epoll's interest list: no
+        // EPOLL_CTL_DEL needed. Its chunks go back to the pool first.
+        if let Some(mut connection) = self.connections.remove(token) {
+            connection.release(&mut self.output_pool);
+            bump(&self.stats.closed, 1);
+            // Only for a live token: a stale one must not disarm the timer
+            // of whoever holds the slot now.
+            if let Some(idle) = &mut self.idle {
+                idle.on_close(token.index() as usize);
+            }
+        }
+    }
+
+    // ANCHOR: accept
+    /// Accepts every connection waiting in the listen queue, until EAGAIN.
+    fn accept_new_connections(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok(socket) => self.register(socket),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_out_of_descriptors(&e) => {
+                    // The connection stays in the queue, so the listener
+                    // stays readable: without doing something here,
+                    // level-triggered epoll would wake us for it forever,
+                    // a busy loop. Free the spare descriptor, take the
+                    // connection with it and close it at once (the client
+                    // sees its connection closed, not a hang), then re-open
+                    // the spare.
+                    let Some(spare) = self.spare_descriptor.take() else {
+                        self.pause_accepting();
+                        return;
+                    };
+                    self.report_out_of_descriptors(&e);
+                    drop(spare);
+                    let shed = self.listener.accept().map(drop);
+                    self.spare_descriptor = sys::open_spare_descriptor().ok();
+                    match shed {
+                        Ok(()) => bump(&self.stats.shed, 1),
+                        // Linux reports EMFILE before it looks at the queue,
+                        // so the queue may have been empty all along.
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                        Err(_) => {
+                            self.pause_accepting();
+                            return;
+                        }
+                    }
+                }
+                // The client gave up while waiting in the queue, or the
+                // network under it failed: that connection is gone, the next
+                // one may be fine (accept(2) lists these as "retry").
+                Err(e) if is_connection_gone(&e) => continue,
+                Err(e) => {
+                    eprintln!("accept: {e}; not accepting for {ACCEPT_PAUSE:?}");
+                    self.pause_accepting();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn register(&mut self, socket: Socket) {
+        // Best effort: a socket without TCP_NODELAY still echoes correctly.
+        let _ = socket.set_nodelay();
+        let fd = socket.raw_fd();
+        let token = self.connections.insert(Connection::new(socket));
+        // Registered once, for everything, edge-triggered: no epoll_ctl for
+        // this connection ever again (closing it unregisters it). Its events
+        // carry its slab token: slot index and generation.
+        if let Err(e) = self.epoll.add(fd, CONNECTION_INTEREST, token.epoll_data()) {
+            eprintln!("epoll_ctl(ADD): {e}; closing the new connection");
+            // Dropping the removed connection closes its socket.
+            self.connections.remove(token);
+            return;
+        }
+        if let Some(idle) = &mut self.idle {
+            idle.on_accept(token.index() as usize, Instant::now());
+        }
+        bump(&self.stats.accepted, 1);
+        self.out_of_descriptors_reported = false;
+    }
+    // ANCHOR_END: accept
+
+    fn report_out_of_descriptors(&mut self, error: &io::Error) {
+        if !self.out_of_descriptors_reported {
+            self.out_of_descriptors_reported = true;
+            let limit =
+                sys::descriptor_limit().map_or_else(|| "unknown".to_string(), |l| l.to_string());
+            eprintln!(
+                "accept: {error} (RLIMIT_NOFILE={limit}); closing new connections until \
+                 descriptors free up; raise the limit with `ulimit -n`"
+            );
+        }
+    }
+
+    /// Stops watching the listener for `ACCEPT_PAUSE`: the fallback when
+    /// there is no spare descriptor to shed with. The wait gets a timeout
+    /// instead of a listener that is always ready.
+    fn pause_accepting(&mut self) {
+        if self.epoll.delete(self.listener.raw_fd()).is_ok() {
+            self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+        }
+    }
+
+    fn resume_accepting_if_due(&mut self) -> io::Result<()> {
+        if self
+            .accept_paused_until
+            .is_some_and(|until| Instant::now() >= until)
+        {
+            self.accept_paused_until = None;
+            if self.spare_descriptor.is_none() {
+                self.spare_descriptor = sys::open_spare_descriptor().ok();
+            }
+            let listener = self.listener.raw_fd();
+            self.epoll
+                .add(listener, self.listener_interest, LISTENER.epoll_data())?;
+            self.accept_new_connections();
+        }
+        Ok(())
+    }
+}
+
+// ANCHOR: serve
+/// Gives one connection one turn, edge-triggered style: send what we owe if
+/// the socket is writable, then read, until the receive buffer is empty,
+/// the client is at EOF, back-pressure says stop, or the read budget is
+/// spent. Each read becomes a job for the workers, and then the connection
+/// reads no more until that job's result is back. Whatever is left unread is
+/// recorded in `unread_input`, because epoll will not report it again.
+// Eight arguments: disjoint borrows of the reactor's fields (plus the
+// connection), passed one by one so the borrow checker can see they do not
+// overlap; chapter 08 added the counters slot.
+#[allow(clippy::too_many_arguments)]
+fn serve_edge_triggered(
+    token: Token,
+    connection: &mut Connection,
+    writable: bool,
+    read_buffer: &mut [u8],
+    output_pool: &mut BufferPool,
+    workers: &mut Workers,
+    config: Config,
+    stats: &ReactorStats,
+) -> io::Result<()> {
+    if writable && !connection.pending_output.is_empty() {
+        let sent = connection.flush(output_pool)?;
+        bump(&stats.bytes_sent, sent as u64);
+    }
+    let mut reads = 0;
+    while connection.has_unread_input(config.max_pending) && reads < READS_PER_TURN {
+        if !workers.has_room() {
+            // Back-pressure across the hand-off: the job queue is full, so
+            // do not read. The bytes stay in the kernel's socket buffer (and
+            // TCP flow control slows the client down); `unread_input` stays
+            // set, so the connection waits on the ready list for a place.
+            workers.note_queue_full();
+            break;
+        }
+        reads += 1;
+        match connection.socket.read(read_buffer) {
+            Ok(0) => {
+                connection.peer_closed = true;
+                connection.unread_input = false;
+            }
+            Ok(n) => {
+                // epoll(7): on a stream socket, a read that returns less
+                // than asked for proves the receive buffer is now empty, as
+                // surely as EAGAIN would, one syscall sooner. Not after
+                // EPOLLRDHUP, though: then we must read on to EOF.
+                if n < read_buffer.len() && !connection.peer_sent_fin {
+                    connection.unread_input = false;
+                }
+                connection.moved_data = true;
+                bump(&stats.bytes_received, n as u64);
+                // The bytes go to the worker in pooled chunks, which come
+                // back with the result and are sent from as they are.
+                let mut data = PendingOutput::new();
+                data.push(&read_buffer[..n], output_pool);
+                workers.submit(Job {
+                    connection: token,
+                    data,
+                });
+                // Ends the loop: `wants_input` is false until the result
+                // is back (see `Connection::wants_input`).
+                connection.job_in_flight = true;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => connection.unread_input = false,
+            // No edge would announce these bytes again: retry right away.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+// ANCHOR_END: serve
+
+/// The sooner of two optional timeouts (`None`: no timeout).
+fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn is_out_of_descriptors(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+fn is_connection_gone(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(
+            libc::ECONNABORTED
+                | libc::EPROTO
+                | libc::EPERM
+                | libc::ENETDOWN
+                | libc::ENOPROTOOPT
+                | libc::EHOSTDOWN
+                | libc::ENONET
+                | libc::EHOSTUNREACH
+                | libc::EOPNOTSUPP
+                | libc::ENETUNREACH
+        )
+    )
+}
