@@ -99,6 +99,9 @@ pub const SERVERS: &[Server] = &[
     Server::chapter("ch05-buffer-pool"),
     Server::chapter("ch06-idle-timeouts"),
     Server::chapter("ch07-core-pinning"),
+    // One worker process: the prefork machinery is there, but measured on
+    // one core like every other server.
+    Server::chapter("ch08-million-connections").with_args(&["--procs", "1"]),
     Server::baseline("tokio-echo"),
     Server::baseline("mio-echo"),
 ];

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use loadgen::report::{EchoReport, ErrorCounts, HoldReport, Latency};
 use loadgen::server::ServerProcess;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::doctor;
 use crate::run::{TaskError, TaskResult, cargo, describe, workspace_root};
@@ -78,6 +78,13 @@ pub struct MillionArgs {
     /// Also write the report as JSON to this file.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
+    /// Record this run in the book: write book/src/results/million.json and
+    /// render book/src/generated/million.md from it (chapter 08 includes it).
+    #[arg(long)]
+    record: bool,
+    /// Record an earlier run's `--json` report in the book instead of running.
+    #[arg(long, value_name = "PATH", conflicts_with = "record")]
+    record_from: Option<PathBuf>,
     /// Stop everything if MemAvailable falls below this many GiB.
     #[arg(long, default_value_t = 3.0, value_name = "GIB")]
     min_available_gib: f64,
@@ -130,6 +137,14 @@ const SERVER_CORE: usize = 0;
 const LOADGEN_CORE: usize = 1;
 
 pub fn run(args: &MillionArgs) -> TaskResult {
+    if let Some(path) = &args.record_from {
+        let json = fs::read_to_string(path)
+            .map_err(|e| TaskError::Usage(format!("reading {}: {e}", path.display())))?;
+        let report: Report = serde_json::from_str(&json).map_err(|e| {
+            TaskError::Usage(format!("{} is not a million report: {e}", path.display()))
+        })?;
+        return record(&report);
+    }
     if args.conns == 0 || args.active == 0 {
         return Err(TaskError::Usage(
             "--conns and --active must be at least 1".to_string(),
@@ -168,11 +183,14 @@ pub fn run(args: &MillionArgs) -> TaskResult {
             .map_err(|e| TaskError::Failed(format!("writing {}: {e}", path.display())))?;
         eprintln!("report written to {}", path.display());
     }
+    if args.record {
+        record(&report)?;
+    }
     let failed: Vec<&str> = report
         .targets
         .iter()
         .filter(|t| t.judged && !t.met)
-        .map(|t| t.name)
+        .map(|t| t.name.as_str())
         .collect();
     if failed.is_empty() {
         Ok(())
@@ -218,7 +236,7 @@ fn build(server: &str) -> Result<Binaries, TaskError> {
 
 // ANCHOR: report
 /// Everything the run measured; printed as a table and written as JSON.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Report {
     date_utc: String,
     conns: usize,
@@ -264,7 +282,7 @@ struct Report {
 }
 
 /// The active probe: `loadgen echo -c ACTIVE --size 64`, closed loop.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Probe {
     connections: usize,
     messages_per_sec: f64,
@@ -272,7 +290,7 @@ struct Probe {
     ok: bool,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct ServerMemory {
     rss_before_bytes: u64,
     rss_held_bytes: u64,
@@ -282,14 +300,14 @@ struct ServerMemory {
     fds_after_close: usize,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct KernelPerConn {
     slab_bytes: f64,
     slab_unreclaimable_bytes: f64,
     mem_available_drop_bytes: f64,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Teardown {
     close_seconds: f64,
     server_exit: String,
@@ -299,9 +317,9 @@ struct Teardown {
 }
 
 /// One row of the verdict. `judged`: does a miss fail the run?
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Target {
-    name: &'static str,
+    name: String,
     wanted: String,
     measured: String,
     met: bool,
@@ -310,7 +328,7 @@ struct Target {
 // ANCHOR_END: report
 
 /// One core's time over a window, in percent (`/proc/stat`).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct CoreTime {
     core: String,
     user: f64,
@@ -363,7 +381,7 @@ fn cpu_between(before: &[(String, [u64; 5])], after: &[(String, [u64; 5])]) -> V
 }
 
 /// What the host says about descriptors, memory and sockets.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct HostSnapshot {
     /// First field of `/proc/sys/fs/file-nr`: file handles allocated.
     file_handles: u64,
@@ -1139,7 +1157,7 @@ fn targets(r: &Report) -> Vec<Target> {
     let mut rows = Vec::new();
     let held = r.established.min(r.server_peak_open as usize);
     rows.push(Target {
-        name: "connections held at once",
+        name: "connections held at once".into(),
         wanted: n.to_string(),
         measured: format!(
             "{} (loadgen) / {} (server)",
@@ -1150,7 +1168,7 @@ fn targets(r: &Report) -> Vec<Target> {
     });
     let clean = r.hold_ok && r.connections_lost == 0;
     rows.push(Target {
-        name: "every connection answered an echo",
+        name: "every connection answered an echo".into(),
         wanted: format!("{n}, none lost"),
         measured: format!(
             "{} answered, {} lost, {} errors",
@@ -1162,7 +1180,7 @@ fn targets(r: &Report) -> Vec<Target> {
         judged: true,
     });
     rows.push(Target {
-        name: "time to establish them",
+        name: "time to establish them".into(),
         wanted: format!("<= {TARGET_ESTABLISH_SECONDS:.0} s (at 1M)"),
         measured: format!(
             "{:.1} s ({:.0}/s)",
@@ -1173,7 +1191,7 @@ fn targets(r: &Report) -> Vec<Target> {
         judged: at_scale,
     });
     rows.push(Target {
-        name: "server userland memory per connection",
+        name: "server userland memory per connection".into(),
         wanted: format!("< {TARGET_USER_BYTES_PER_CONN:.0} B"),
         measured: format!("{:.1} B", r.server_memory.rss_per_conn_bytes),
         met: r.server_memory.rss_per_conn_bytes < TARGET_USER_BYTES_PER_CONN,
@@ -1184,7 +1202,7 @@ fn targets(r: &Report) -> Vec<Target> {
             .is_some_and(|p| p.ok && p.connections == r.active)
     });
     rows.push(Target {
-        name: "active connections echoed without error",
+        name: "active connections echoed without error".into(),
         wanted: format!("{} in both probes", r.active),
         measured: if probes_ok {
             "yes".to_string()
@@ -1195,7 +1213,7 @@ fn targets(r: &Report) -> Vec<Target> {
         judged: true,
     });
     rows.push(Target {
-        name: "p99 RTT of the active, idle held / none",
+        name: "p99 RTT of the active, idle held / none".into(),
         wanted: format!("<= {TARGET_P99_RATIO}x (at 1M)"),
         measured: match (&r.p99_ratio, &r.rtt_no_idle, &r.rtt_with_idle) {
             (Some(ratio), Some(none), Some(idle)) => format!(
@@ -1211,7 +1229,7 @@ fn targets(r: &Report) -> Vec<Target> {
     let fds_ok =
         r.server_memory.fds_after_close <= r.server_memory.fds_before && descriptors_returned(r);
     rows.push(Target {
-        name: "tear-down: descriptors back to baseline",
+        name: "tear-down: descriptors back to baseline".into(),
         wanted: format!("server fds <= before; file-nr <= +{FILE_HANDLE_SLACK}"),
         measured: format!(
             "server {} (before {}); file-nr {} (baseline {})",
@@ -1224,7 +1242,7 @@ fn targets(r: &Report) -> Vec<Target> {
         judged: true,
     });
     rows.push(Target {
-        name: "tear-down: memory back to baseline",
+        name: "tear-down: memory back to baseline".into(),
         wanted: "server RSS and kernel slab".to_string(),
         measured: format!(
             "RSS {:.1} MiB (before {:.1}); SUnreclaim {:+.0} MiB vs baseline in {:.1} s",
@@ -1239,7 +1257,7 @@ fn targets(r: &Report) -> Vec<Target> {
         judged: true,
     });
     rows.push(Target {
-        name: "server shut down cleanly",
+        name: "server shut down cleanly".into(),
         wanted: "exit 0 with a summary".to_string(),
         measured: format!(
             "{}{}",
@@ -1264,6 +1282,11 @@ fn errors_total(e: &ErrorCounts) -> u64 {
 }
 
 fn print_report(r: &Report) {
+    print!("{}", report_text(r));
+}
+
+/// The report as the table a person reads (also what the book shows).
+fn report_text(r: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -1343,8 +1366,68 @@ fn print_report(r: &Report) {
         let _ = writeln!(out, "  server {summary}");
     }
     let _ = writeln!(out, "  whole run {:.0} s", r.total_seconds);
-    print!("{out}");
+    out
 }
+
+// ANCHOR: record
+/// Where `--record` keeps the run the book shows.
+fn recorded_json() -> PathBuf {
+    workspace_root().join("book/src/results/million.json")
+}
+
+fn recorded_page() -> PathBuf {
+    workspace_root().join("book/src/generated/million.md")
+}
+
+/// The book's page for a recorded run: the report exactly as printed.
+fn render_page(r: &Report) -> String {
+    format!(
+        "<!-- Generated by `cargo xtask million --record` into book/src/results/million.json. \
+         Do not edit: re-run it, or check with `cargo xtask test`. -->\n\n\
+         ```text\n$ cargo xtask million --conns {conns}\n{text}```\n\n\
+         <small>Run on {date}; chapter 08's server and loadgen on the same 2-core machine.</small>\n",
+        conns = r.conns,
+        text = report_text(r).trim_start_matches('\n'),
+        date = r.date_utc,
+    )
+}
+
+fn record(r: &Report) -> TaskResult {
+    let json = serde_json::to_string_pretty(r)
+        .map_err(|e| TaskError::Failed(format!("encoding the report: {e}")))?;
+    for (path, text) in [
+        (recorded_json(), json + "\n"),
+        (recorded_page(), render_page(r)),
+    ] {
+        fs::write(&path, text)
+            .map_err(|e| TaskError::Failed(format!("writing {}: {e}", path.display())))?;
+        eprintln!("recorded in {}", path.display());
+    }
+    Ok(())
+}
+
+/// For `cargo xtask test`: the recorded page is what the recorded JSON
+/// renders to (nobody edited the numbers by hand).
+pub fn check_recorded() -> TaskResult {
+    let Ok(json) = fs::read_to_string(recorded_json()) else {
+        eprintln!("    no recorded million run (book/src/results/million.json); nothing to check");
+        return Ok(());
+    };
+    let report: Report = serde_json::from_str(&json)
+        .map_err(|e| TaskError::Failed(format!("book/src/results/million.json: {e}")))?;
+    let page = fs::read_to_string(recorded_page()).unwrap_or_default();
+    if page == render_page(&report) {
+        eprintln!("    ok: book/src/generated/million.md matches million.json");
+        Ok(())
+    } else {
+        Err(TaskError::Failed(
+            "book/src/generated/million.md differs from what book/src/results/million.json \
+             renders to; re-record with `cargo xtask million --record`"
+                .into(),
+        ))
+    }
+}
+// ANCHOR_END: record
 
 /// Now as `YYYY-MM-DDTHH:MM:SSZ`, from the system clock (no date crate).
 fn utc_now() -> String {
@@ -1398,6 +1481,8 @@ pub fn run_scaled_for_ci() -> TaskResult {
         skip_doctor: true,
         apply: false,
         json: None,
+        record: false,
+        record_from: None,
         min_available_gib: 3.0,
     })
 }

@@ -45,6 +45,8 @@ pub fn run(args: &TestArgs) -> TaskResult {
     }
     // The results page and chapter tables come from the committed data only.
     results::check()?;
+    eprintln!("\n==> the recorded million run matches its page");
+    million::check_recorded()?;
     million::run_scaled_for_ci()?;
     eprintln!(
         "\nall checks passed in {:.0} s",
