@@ -11,6 +11,9 @@ pub struct ResultsData {
     pub settings: Settings,
     /// In the order of `c1m_benches::SERVERS` at the time of the run.
     pub servers: Vec<ServerResults>,
+    /// Chapter-specific measurements; absent in files from before they existed.
+    #[serde(default)]
+    pub scenarios: Option<ScenarioSet>,
 }
 
 /// Where and when the numbers were measured.
@@ -141,4 +144,39 @@ impl ServerResults {
     pub fn at(&self, connections: usize) -> Option<&EchoPoint> {
         self.echo.iter().find(|p| p.connections == connections)
     }
+}
+
+/// The chapter scenarios: the measurements a chapter page shows that the
+/// standard matrix does not cover (syscall counts per message, a pool at a
+/// given `--work-us`, how reactors share connections, ...). Measured after
+/// the matrix, or alone with `--only-scenarios`, so they carry their own
+/// machine and date.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScenarioSet {
+    pub machine: Machine,
+    /// Wall-clock seconds the whole set took to measure.
+    pub seconds: f64,
+    pub tables: Vec<ScenarioTable>,
+}
+
+/// One table on one chapter page, rendered to
+/// `generated/<chapter>-<id>.md`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScenarioTable {
+    /// The chapter's package name, e.g. `ch02-epoll-level-triggered`.
+    pub chapter: String,
+    /// Short name of the table within the chapter, e.g. `syscalls`.
+    pub id: String,
+    pub columns: Vec<String>,
+    pub rows: Vec<ScenarioRow>,
+    /// Sentences derived from the rows at measuring time (ratios, shares).
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+/// One row: cells already formatted for the page, or the reason it has none.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScenarioRow {
+    pub cells: Vec<String>,
+    pub error: Option<String>,
 }

@@ -293,7 +293,7 @@ fn stop(process: Option<ServerProcess>) {
 }
 
 /// Runs loadgen and parses the JSON report it prints.
-fn run_json<T: serde::de::DeserializeOwned>(command: &mut Command) -> Result<T, String> {
+pub(super) fn run_json<T: serde::de::DeserializeOwned>(command: &mut Command) -> Result<T, String> {
     let child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -305,7 +305,7 @@ fn run_json<T: serde::de::DeserializeOwned>(command: &mut Command) -> Result<T, 
 /// Waits for a loadgen child and parses its JSON report. Exit status 1 still
 /// prints a report (one that shows errors); anything else is loadgen's
 /// one-line error on stderr.
-fn collect_json<T: serde::de::DeserializeOwned>(
+pub(super) fn collect_json<T: serde::de::DeserializeOwned>(
     mut child: std::process::Child,
 ) -> Result<T, String> {
     let mut stdout = String::new();
@@ -333,7 +333,7 @@ fn collect_json<T: serde::de::DeserializeOwned>(
 }
 
 /// Why an echo run's report is not OK, in one line.
-fn echo_failure(report: &EchoReport) -> String {
+pub(super) fn echo_failure(report: &EchoReport) -> String {
     let e = &report.errors;
     let mut parts = Vec::new();
     if report.connect.established < report.connect.requested {
@@ -371,7 +371,7 @@ fn show<T: std::fmt::Display>(x: Option<T>) -> String {
     x.map_or_else(|| "?".to_string(), |x| x.to_string())
 }
 
-fn first_line(e: &std::io::Error) -> String {
+pub(super) fn first_line(e: &std::io::Error) -> String {
     e.to_string().lines().next().unwrap_or_default().to_string()
 }
 

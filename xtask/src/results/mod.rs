@@ -4,11 +4,14 @@
 //! - `cargo xtask results`           run the matrix, write `data.json`, render
 //! - `cargo xtask results --quick`   the same with short windows (a pipeline check)
 //! - `cargo xtask results --render`  re-render from the committed `data.json`
+//! - `cargo xtask results --only-scenarios`  measure only the chapter
+//!   scenarios (see `scenarios.rs`) and keep the committed matrix
 //! - `cargo xtask results --check`   re-render in memory and fail if any generated
 //!   file differs from it (no measuring; the test command runs this)
 //!
-//! Everything generated lives under `book/src`: `results.md`, `results/*.svg`
-//! and `generated/<server>.md`. The numbers come from `results/data.json`
+//! Everything generated lives under `book/src`: `results.md`, `results/*.svg`,
+//! `generated/<server>.md` and the chapter scenario tables
+//! `generated/<chapter>-<table>.md`. The numbers come from `results/data.json`
 //! only, so a hand-edited number is a `--check` failure.
 
 mod data;
@@ -16,6 +19,7 @@ mod machine;
 mod measure;
 mod plot;
 mod render;
+mod scenarios;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -47,6 +51,10 @@ pub struct ResultsArgs {
     /// Do not measure: re-render from the committed data.json and write the files.
     #[arg(long)]
     render: bool,
+    /// Measure only the chapter scenarios (the tables on chapter pages the
+    /// matrix does not cover) and keep the committed matrix numbers.
+    #[arg(long, conflicts_with_all = ["check", "render", "quick", "passes"])]
+    only_scenarios: bool,
 }
 
 pub fn run(args: &ResultsArgs) -> TaskResult {
@@ -58,16 +66,25 @@ pub fn run(args: &ResultsArgs) -> TaskResult {
         return write_rendered(&data);
     }
     let started = Instant::now();
+    if args.only_scenarios {
+        let mut data = load(&data_path())?;
+        data.scenarios = Some(measure_scenarios(true)?);
+        write_file(&data_path(), &to_json(&data)?)?;
+        write_rendered(&data)?;
+        eprintln!(
+            "\nresults: measured the chapter scenarios in {:.0} s; wrote {} and the pages it renders",
+            started.elapsed().as_secs_f64(),
+            relative(&data_path())
+        );
+        return Ok(());
+    }
     let passes = args
         .passes
         .map_or(if args.quick { 1 } else { 2 }, |p| p as usize);
-    let data = measure_all(args.quick, passes)?;
-    write_file(
-        &data_path(),
-        &(serde_json::to_string_pretty(&data)
-            .map_err(|e| TaskError::Failed(format!("serialising the results: {e}")))?
-            + "\n"),
-    )?;
+    let mut data = measure_all(args.quick, passes)?;
+    // The servers and loadgen are built by now.
+    data.scenarios = Some(measure_scenarios(false)?);
+    write_file(&data_path(), &to_json(&data)?)?;
     write_rendered(&data)?;
     eprintln!(
         "\nresults: measured {} servers in {:.0} s; wrote {} and the pages it renders",
@@ -76,6 +93,29 @@ pub fn run(args: &ResultsArgs) -> TaskResult {
         relative(&data_path())
     );
     Ok(())
+}
+
+fn to_json(data: &ResultsData) -> Result<String, TaskError> {
+    Ok(serde_json::to_string_pretty(data)
+        .map_err(|e| TaskError::Failed(format!("serialising the results: {e}")))?
+        + "\n")
+}
+
+/// Builds what the scenarios run (the servers and loadgen too, unless the
+/// matrix just did) and measures them.
+fn measure_scenarios(build_servers: bool) -> Result<data::ScenarioSet, TaskError> {
+    let cores = CorePlan::detect();
+    let release_dir = if build_servers {
+        eprintln!("==> build loadgen and every server (release)");
+        c1m_benches::build_release(&["loadgen"])
+            .map_err(|e| TaskError::Failed(format!("building the servers: {e}")))?
+    } else {
+        c1m_benches::release_dir()
+    };
+    scenarios::build_examples().map_err(TaskError::Failed)?;
+    measure::check_binaries(&release_dir, SERVERS).map_err(TaskError::Failed)?;
+    c1m_benches::raise_fd_limit(19_000).map_err(TaskError::Failed)?;
+    Ok(scenarios::measure_all(&release_dir, cores))
 }
 
 /// The committed data file every generated page comes from.
@@ -182,6 +222,7 @@ fn measure_all(quick: bool, passes: usize) -> Result<ResultsData, TaskError> {
         machine: machine::this_machine(cores),
         settings,
         servers,
+        scenarios: None,
     })
 }
 // ANCHOR_END: measure_all
@@ -227,6 +268,10 @@ fn write_rendered(data: &ResultsData) -> TaskResult {
     Ok(())
 }
 
+/// Files in `book/src/generated/` that other tasks render, from their own
+/// data: never stale here. (`cargo xtask million` writes `million.md`.)
+const RENDERED_ELSEWHERE: &[&str] = &["million.md"];
+
 /// Files in `book/src/generated/` that rendering did not produce.
 fn stale_snippets(files: &[(PathBuf, String)]) -> Vec<PathBuf> {
     let dir = book_src().join("generated");
@@ -236,6 +281,10 @@ fn stale_snippets(files: &[(PathBuf, String)]) -> Vec<PathBuf> {
     let mut stale: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_none_or(|name| !RENDERED_ELSEWHERE.iter().any(|other| name == *other))
+        })
         .filter(|p| {
             p.strip_prefix(book_src())
                 .is_ok_and(|rel| !files.iter().any(|(f, _)| f == rel))
