@@ -120,8 +120,11 @@ const RAMP_STALL: Duration = Duration::from_secs(30);
 /// How long the server may take to close everything once loadgen is gone.
 const CLOSE_DEADLINE: Duration = Duration::from_secs(60);
 /// How long the host may take to give back descriptors and memory after
-/// the server exits.
-const RETURN_DEADLINE: Duration = Duration::from_secs(30);
+/// the server exits: long enough for the client ends' TIME_WAIT (60 s in
+/// Linux, fixed) to run out before kernel memory is judged.
+const TIME_WAIT_DEADLINE: Duration = Duration::from_secs(75);
+/// TIME_WAIT sockets other programs on a shared host leave meanwhile.
+const TIME_WAIT_SLACK: u64 = 2_000;
 /// Descriptors other programs on a shared host open meanwhile.
 const FILE_HANDLE_SLACK: u64 = 2_000;
 /// Kernel memory back to baseline: within this share of what the held
@@ -1103,9 +1106,22 @@ fn measure(
         report.teardown.server_exit
     );
     let exited = Instant::now();
+    // The client ends closed first, so ~1M of them sit in TIME_WAIT for
+    // 60 s by TCP's design (up to `tcp_max_tw_buckets`), each holding
+    // kernel slab. Wait them out before judging kernel memory, so the check
+    // finds leaks rather than TIME_WAIT.
+    eprintln!(
+        "    waiting up to {} s for the host to give back descriptors and memory \
+         ({} client sockets in TIME_WAIT, which lasts 60 s; baseline {})",
+        TIME_WAIT_DEADLINE.as_secs(),
+        HostSnapshot::take().tcp_tw,
+        report.host_baseline.tcp_tw
+    );
     loop {
         report.host_after_exit = HostSnapshot::take();
-        if host_returned(&report) || exited.elapsed() >= RETURN_DEADLINE {
+        if (host_returned(&report) && time_wait_drained(&report))
+            || exited.elapsed() >= TIME_WAIT_DEADLINE
+        {
             break;
         }
         thread::sleep(Duration::from_millis(500));
@@ -1128,6 +1144,12 @@ fn measure(
 /// server started, within the slack a shared host needs.
 fn host_returned(report: &Report) -> bool {
     descriptors_returned(report) && kernel_memory_returned(report)
+}
+
+/// Client-side TIME_WAIT sockets back near the count before the run (other
+/// programs on the host close connections meanwhile too).
+fn time_wait_drained(report: &Report) -> bool {
+    report.host_after_exit.tcp_tw <= report.host_baseline.tcp_tw + TIME_WAIT_SLACK
 }
 
 fn descriptors_returned(report: &Report) -> bool {
@@ -1245,13 +1267,16 @@ fn targets(r: &Report) -> Vec<Target> {
         name: "tear-down: memory back to baseline".into(),
         wanted: "server RSS and kernel slab".to_string(),
         measured: format!(
-            "RSS {:.1} MiB (before {:.1}); SUnreclaim {:+.0} MiB vs baseline in {:.1} s",
+            "RSS {:.1} MiB (before {:.1}); SUnreclaim {:+.0} MiB vs baseline in {:.1} s, \
+             TIME_WAIT {} (baseline {})",
             r.server_memory.rss_after_close_bytes as f64 / 1048576.0,
             r.server_memory.rss_before_bytes as f64 / 1048576.0,
             (r.host_after_exit.slab_unreclaimable as f64
                 - r.host_baseline.slab_unreclaimable as f64)
                 / 1048576.0,
-            r.teardown.return_seconds
+            r.teardown.return_seconds,
+            r.host_after_exit.tcp_tw,
+            r.host_baseline.tcp_tw
         ),
         met: user_memory_returned(r) && kernel_memory_returned(r),
         judged: true,

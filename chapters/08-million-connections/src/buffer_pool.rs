@@ -196,6 +196,14 @@ impl BufferPool {
         }
     }
 
+    /// Frees idle chunks (and queue spines) beyond `keep`: called when the
+    /// reactor's crowd has left, so that the cap's worth of chunks a burst
+    /// left behind does not stay resident for the rest of the process.
+    pub fn release_idle(&mut self, keep: usize) {
+        self.idle.truncate(keep);
+        self.idle_queues.truncate(keep);
+    }
+
     fn take_queue(&mut self) -> Box<OutputQueue> {
         self.idle_queues.pop().unwrap_or_default()
     }
@@ -412,6 +420,19 @@ mod tests {
         assert_eq!(stats.returned, 5);
         assert_eq!(stats.dropped_over_cap, 2);
         assert_eq!(stats.in_use, 0);
+    }
+
+    #[test]
+    fn release_idle_frees_all_but_the_kept_chunks() {
+        let mut pool = BufferPool::with_sizes(64, 8);
+        let lent: Vec<Buffer> = (0..6).map(|_| pool.take()).collect();
+        for buffer in lent {
+            pool.give_back(buffer);
+        }
+        pool.release_idle(2);
+        assert_eq!(pool.idle(), 2);
+        let _ = (pool.take(), pool.take(), pool.take());
+        assert_eq!(pool.stats().misses, 7, "the third take allocates again");
     }
 
     #[test]

@@ -58,6 +58,11 @@ impl IdleTimeouts {
     }
 
     /// How long `epoll_wait` may sleep before a deadline is due.
+    /// The slab has shrunk to `keys` slots: let the wheel shrink with it.
+    pub fn shrink_keys(&mut self, keys: usize) {
+        self.wheel.shrink_keys(keys);
+    }
+
     pub fn next_timeout(&self, now: Instant) -> Option<Duration> {
         self.wheel.next_timeout(now)
     }

@@ -51,6 +51,9 @@ const CONNECTION_INTEREST: u32 = READABLE | WRITABLE | READ_CLOSED | EDGE_TRIGGE
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// Slab slots allocated up front; it grows (by doubling) past this.
 const INITIAL_CONNECTIONS: usize = 1024;
+/// Idle output chunks a reactor keeps once most of its connections have
+/// left (see `give_memory_back_if_mostly_empty`); the pool refills on demand.
+const IDLE_CHUNKS_AFTER_A_CROWD: usize = 16;
 
 // ANCHOR: tokens
 /// The epoll tokens of the descriptors that are not connections. A slab
@@ -445,8 +448,34 @@ impl Server {
             if let Some(idle) = &mut self.idle {
                 idle.on_close(token.index() as usize);
             }
+            self.give_memory_back_if_mostly_empty();
         }
     }
+
+    // ANCHOR: give_memory_back
+    /// After a crowd leaves, hand its memory back: a server holding a
+    /// million connections that keeps its peak memory forever cannot share
+    /// the host with anything else. The slab drops its vacant tail (live
+    /// entries never move: their tokens are their indexes), the timing wheel
+    /// its links past the slab's end, and then `malloc_trim` asks glibc to
+    /// return the freed heap (and other threads' arenas) to the kernel,
+    /// which `free` alone does not do for memory below the top of the heap.
+    fn give_memory_back_if_mostly_empty(&mut self) {
+        if self.connections.shrink_if_mostly_empty() {
+            if let Some(idle) = &mut self.idle {
+                idle.shrink_keys(self.connections.slots());
+            }
+            // The pool's idle chunks are the biggest part: up to its cap
+            // of 16 KiB chunks per reactor, left by the last burst.
+            self.output_pool.release_idle(IDLE_CHUNKS_AFTER_A_CROWD);
+            if self.ready_list.is_empty() {
+                self.ready_list.shrink_to_fit();
+            }
+            self.completed.shrink_to_fit();
+            sys::trim_heap();
+        }
+    }
+    // ANCHOR_END: give_memory_back
 
     // ANCHOR: accept
     /// Accepts every connection waiting in the listen queue, until EAGAIN.

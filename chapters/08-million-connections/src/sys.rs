@@ -849,6 +849,18 @@ impl Drop for SharedPage {
 pub unsafe trait SharedAtomics: Sized {}
 
 /// The memory page size: mappings start and end on page boundaries.
+/// Returns freed heap memory to the kernel (glibc's `malloc_trim(0)`, which
+/// also releases whole free pages in the middle of every arena). Other C
+/// libraries have no such call; there this does nothing.
+pub fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists, under
+    // its locks; it is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 pub fn page_size() -> usize {
     // SAFETY: sysconf only reads a system constant.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
