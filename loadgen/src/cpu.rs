@@ -215,6 +215,21 @@ pub struct CpuSnapshot {
     pub cores: Vec<(usize, CoreTicks)>,
 }
 
+/// CPU time of the server and every process it started: a prefork server
+/// (chapter 08) does its work in child processes, not in the pid we were
+/// given.
+fn server_cpu_time(pid: u32) -> Result<Duration, LoadError> {
+    let mut total = process_cpu_time(pid)?;
+    for child in crate::server::process_tree(pid)
+        .into_iter()
+        .filter(|&p| p != pid)
+    {
+        // A child that exited between listing and reading simply is not counted.
+        total += process_cpu_time(child).unwrap_or_default();
+    }
+    Ok(total)
+}
+
 impl CpuSnapshot {
     /// Samples now, watching `cores`. A server that exited since the start
     /// is reported as unknown rather than failing a run that already
@@ -222,7 +237,7 @@ impl CpuSnapshot {
     pub fn take(server_pid: Option<u32>, cores: &[usize]) -> CpuSnapshot {
         CpuSnapshot {
             own: own_cpu_time(),
-            server: server_pid.and_then(|pid| process_cpu_time(pid).ok()),
+            server: server_pid.and_then(|pid| server_cpu_time(pid).ok()),
             cores: cores
                 .iter()
                 .filter_map(|&c| core_ticks(c).map(|t| (c, t)))

@@ -55,7 +55,8 @@ struct Common {
     /// Pin loadgen to this CPU core (Linux).
     #[arg(long, value_name = "CORE")]
     cpu: Option<usize>,
-    /// Also report this process's CPU use over the measured window (Linux).
+    /// Also report this process's CPU use over the measured window, with
+    /// every process it started (a prefork server's workers) (Linux).
     #[arg(long, value_name = "PID")]
     server_pid: Option<u32>,
     /// Seconds without an expected echoed byte before a connection counts

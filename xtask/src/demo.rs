@@ -45,7 +45,10 @@ pub fn run(args: &DemoArgs) -> TaskResult {
         (None, None)
     };
 
-    let mut builder = ServerProcess::builder(bin_dir.join(&server));
+    // The flags the results use for this server (chapter 08: one worker
+    // process, measured on one core like the others).
+    let server_args = c1m_benches::server(&server).map_or(&[][..], |s| s.args);
+    let mut builder = ServerProcess::builder(bin_dir.join(&server)).args(server_args);
     if let Some(core) = server_core {
         builder = builder.cpu(core);
     }
