@@ -18,17 +18,7 @@ const SPARE_FDS: u64 = 64;
 /// and its fix, when even the hard limit is too low.
 pub fn ensure_fd_limit(connections: usize) -> Result<(), LoadError> {
     let needed = connections as u64 + SPARE_FDS;
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is a valid, writable rlimit for getrlimit to fill.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == -1 {
-        return Err(LoadError::io(
-            "getrlimit(RLIMIT_NOFILE)",
-            io::Error::last_os_error(),
-        ));
-    }
+    let limit = nofile_limit()?;
     if limit.rlim_cur >= needed {
         return Ok(());
     }
@@ -56,15 +46,23 @@ pub fn ensure_fd_limit(connections: usize) -> Result<(), LoadError> {
 
 /// The current soft `RLIMIT_NOFILE`, for error messages.
 pub fn fd_soft_limit() -> u64 {
+    nofile_limit().map_or(0, |limit| limit.rlim_cur)
+}
+
+/// This process's `RLIMIT_NOFILE` (soft and hard).
+pub fn nofile_limit() -> Result<libc::rlimit, LoadError> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: `limit` is a valid, writable rlimit for getrlimit to fill.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == -1 {
-        return 0;
+        return Err(LoadError::io(
+            "getrlimit(RLIMIT_NOFILE)",
+            io::Error::last_os_error(),
+        ));
     }
-    limit.rlim_cur
+    Ok(limit)
 }
 
 /// Pins the whole process (the calling thread, and every thread it spawns

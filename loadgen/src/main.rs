@@ -212,15 +212,7 @@ fn run_echo(args: EchoArgs) -> Result<bool, LoadError> {
     config.server_pid = args.common.server_pid;
     config.progress = !args.common.json;
     let report = echo::run(&config)?;
-    let mut out = std::io::stdout().lock();
-    let written = if args.common.json {
-        serde_json::to_writer_pretty(&mut out, &report)
-            .map_err(std::io::Error::from)
-            .and_then(|()| writeln!(out))
-    } else {
-        report.print_table(&mut out)
-    };
-    written.map_err(|e| LoadError::io("writing the report", e))?;
+    write_report(args.common.json, &report, |out| report.print_table(out))?;
     Ok(report.ok)
 }
 
@@ -257,16 +249,25 @@ fn run_hold(args: HoldArgs) -> Result<bool, LoadError> {
         Some(SourcesArg::List(list)) => Sources::List(list),
     };
     let report = spread::run_hold(&spread_config)?;
+    write_report(args.common.json, &report, |out| report.print_table(out))?;
+    Ok(report.ok)
+}
+
+/// Prints a report on stdout: JSON for scripts, or the table for people.
+fn write_report(
+    json: bool,
+    report: &impl serde::Serialize,
+    table: impl FnOnce(&mut std::io::StdoutLock<'static>) -> std::io::Result<()>,
+) -> Result<(), LoadError> {
     let mut out = std::io::stdout().lock();
-    let written = if args.common.json {
-        serde_json::to_writer_pretty(&mut out, &report)
+    let written = if json {
+        serde_json::to_writer_pretty(&mut out, report)
             .map_err(std::io::Error::from)
             .and_then(|()| writeln!(out))
     } else {
-        report.print_table(&mut out)
+        table(&mut out)
     };
-    written.map_err(|e| LoadError::io("writing the report", e))?;
-    Ok(report.ok)
+    written.map_err(|e| LoadError::io("writing the report", e))
 }
 
 fn main() -> ExitCode {

@@ -82,6 +82,14 @@ pub struct HostLimits {
     pub port_range: (u16, u16),
 }
 
+/// Connections one source address takes, out of a port range `width` wide,
+/// while `connect()` still finds a free port at once: a quarter of the
+/// range, so the half it searches first stays at most half full. (The
+/// doctor applies the same rule.)
+pub fn fast_ports_for_width(width: u64) -> u64 {
+    (width / 4).max(1)
+}
+
 impl HostLimits {
     /// Ports one source address has towards one server address.
     pub fn ports_per_source(&self) -> u64 {
@@ -93,7 +101,7 @@ impl HostLimits {
     /// a free port at once: a quarter of the range, so the even half it
     /// searches first stays at most half full.
     pub fn fast_ports_per_source(&self) -> u64 {
-        (self.ports_per_source() / 4).max(1)
+        fast_ports_for_width(self.ports_per_source())
     }
 
     /// Connections one process can hold.
@@ -104,17 +112,7 @@ impl HostLimits {
     /// Reads this host's limits (Linux: `/proc`; elsewhere the port range
     /// falls back to the IANA dynamic range 49152-65535).
     pub fn of_this_host() -> Result<HostLimits, LoadError> {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: `limit` is a valid, writable rlimit for getrlimit to fill.
-        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == -1 {
-            return Err(LoadError::io(
-                "getrlimit(RLIMIT_NOFILE)",
-                io::Error::last_os_error(),
-            ));
-        }
+        let limit = crate::cpu::nofile_limit()?;
         let port_range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
             .ok()
             .and_then(|text| parse_port_range(&text))

@@ -163,11 +163,9 @@ impl Check {
 }
 
 /// Connections one source address takes while connect() still finds a
-/// port at once: a quarter of the range, so the even half it searches first
-/// stays at most half full (`loadgen::spread` explains the measurement).
+/// port at once: loadgen's rule (`loadgen::spread` explains the measurement).
 fn fast_ports_per_source((low, high): (u64, u64)) -> u64 {
-    let width = high.saturating_sub(low) + 1;
-    (width / 4).max(1)
+    loadgen::spread::fast_ports_for_width(high.saturating_sub(low) + 1)
 }
 
 fn gb(bytes: u64) -> String {
