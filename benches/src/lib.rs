@@ -22,6 +22,10 @@ use loadgen::server::ServerProcess;
 pub enum Kind {
     Chapter,
     Baseline,
+    /// The smallest epoll loop that echoes: not a conformant server, a
+    /// ruler for how far the others are from the kernel's own cost. It does
+    /// no `--work-us`.
+    Floor,
 }
 
 impl Kind {
@@ -29,6 +33,7 @@ impl Kind {
         match self {
             Kind::Chapter => "chapter",
             Kind::Baseline => "baseline",
+            Kind::Floor => "floor",
         }
     }
 }
@@ -58,6 +63,19 @@ impl Server {
             kind: Kind::Baseline,
             args: &[],
         }
+    }
+
+    pub const fn floor(name: &'static str) -> Server {
+        Server {
+            name,
+            kind: Kind::Floor,
+            args: &[],
+        }
+    }
+
+    /// Whether it takes `--work-us` (the floor does not).
+    pub fn does_work(&self) -> bool {
+        self.kind != Kind::Floor
     }
 
     /// The same server, always started with these extra flags.
@@ -104,12 +122,17 @@ pub const SERVERS: &[Server] = &[
     Server::chapter("ch08-million-connections").with_args(&["--procs", "1"]),
     Server::baseline("tokio-echo"),
     Server::baseline("mio-echo"),
+    Server::floor("epoll-floor"),
 ];
 // ANCHOR_END: servers
 
 /// The server every other one is compared with, as a ratio measured in the
 /// same run: the echo server most Rust programmers would write.
 pub const REFERENCE: &str = "tokio-echo";
+
+/// The floor every server's CPU per message is also compared with: the
+/// kernel's own cost of an echo, with nothing of ours on top.
+pub const FLOOR: &str = "epoll-floor";
 
 /// Looks a server up by name in [`SERVERS`].
 pub fn server(name: &str) -> Option<&'static Server> {
@@ -121,6 +144,10 @@ pub fn server(name: &str) -> Option<&'static Server> {
 pub const CONNECTION_COUNTS: [usize; 4] = [1, 100, 1_000, 10_000];
 /// Bytes per echoed message, including its trailing newline.
 pub const MESSAGE_SIZE: usize = 64;
+/// Messages in flight per connection for the pipelined measurement, and
+/// how many connections it uses.
+pub const PIPELINE_DEPTH: usize = 16;
+pub const PIPELINE_CONNECTIONS: usize = 100;
 /// `--work-us` for the CPU-work measurement: microseconds of busy work per message.
 pub const WORK_US: u32 = 50;
 /// Connections for the CPU-work measurement.
@@ -232,6 +259,7 @@ mod tests {
             );
         }
         assert_eq!(server(REFERENCE).map(|s| s.kind), Some(Kind::Baseline));
+        assert_eq!(server(FLOOR).map(|s| s.kind), Some(Kind::Floor));
     }
 
     #[test]
@@ -244,7 +272,7 @@ mod tests {
                     let name = server.name.strip_prefix("ch").unwrap_or(server.name);
                     root.join("chapters").join(name)
                 }
-                Kind::Baseline => root.join("baselines").join(server.name),
+                Kind::Baseline | Kind::Floor => root.join("baselines").join(server.name),
             };
             let manifest = std::fs::read_to_string(dir.join("Cargo.toml"))
                 .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));

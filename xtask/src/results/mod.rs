@@ -25,8 +25,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use c1m_benches::{
-    CONNECTION_COUNTS, CorePlan, IDLE_CONNECTIONS, MESSAGE_SIZE, REFERENCE, SERVERS,
-    WORK_CONNECTIONS, WORK_US,
+    CONNECTION_COUNTS, CorePlan, FLOOR, IDLE_CONNECTIONS, MESSAGE_SIZE, PIPELINE_CONNECTIONS,
+    PIPELINE_DEPTH, REFERENCE, SERVERS, WORK_CONNECTIONS, WORK_US,
 };
 use clap::Args;
 
@@ -172,6 +172,9 @@ fn measure_all(quick: bool, passes: usize) -> Result<ResultsData, TaskError> {
         work_connections: WORK_CONNECTIONS,
         idle_connections: if quick { 2_000 } else { IDLE_CONNECTIONS },
         reference: REFERENCE.to_string(),
+        floor: Some(FLOOR.to_string()),
+        pipeline_depth: PIPELINE_DEPTH,
+        pipeline_connections: PIPELINE_CONNECTIONS,
     };
     let matrix = Matrix {
         release_dir,
@@ -201,19 +204,22 @@ fn measure_all(quick: bool, passes: usize) -> Result<ResultsData, TaskError> {
                 .iter()
                 .map(|_| Vec::new())
                 .collect();
+            let mut pipelined = Vec::new();
             let mut work = Vec::new();
             for run in runs {
                 for (points, point) in echo_by_count.iter_mut().zip(run.echo) {
                     points.push(point);
                 }
-                work.push(run.work);
+                pipelined.push(run.pipelined);
+                work.extend(run.work);
             }
             ServerResults {
                 name: server.name.to_string(),
                 kind: server.kind.as_str().to_string(),
                 args: server.args.iter().map(|a| a.to_string()).collect(),
                 echo: echo_by_count.into_iter().map(measure::best_of).collect(),
-                work: measure::best_of(work),
+                pipelined: Some(measure::best_of(pipelined)),
+                work: (!work.is_empty()).then(|| measure::best_of(work)),
                 memory,
             }
         })
