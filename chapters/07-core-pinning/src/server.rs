@@ -138,6 +138,7 @@ impl Totals {
         self.requeued += other.requeued;
         self.results_dropped += other.results_dropped;
         self.workers.jobs += other.workers.jobs;
+        self.workers.inline += other.workers.inline;
         self.workers.queue_full += other.workers.queue_full;
         self.workers.queue_high_water =
             (self.workers.queue_high_water).max(other.workers.queue_high_water);

@@ -118,6 +118,16 @@ fn measure_scenarios(build_servers: bool) -> Result<data::ScenarioSet, TaskError
     Ok(scenarios::measure_all(&release_dir, cores))
 }
 
+/// `CPU, N cores, Linux K, DATE (UTC)`: the stamp other generated pages
+/// (the profile) carry, in the same words as the results page.
+pub fn describe_this_machine() -> String {
+    let m = machine::this_machine(CorePlan::detect());
+    format!(
+        "{}, {} cores, Linux {}, {} (UTC)",
+        m.cpu, m.cores, m.kernel, m.date
+    )
+}
+
 /// The committed data file every generated page comes from.
 fn data_path() -> PathBuf {
     book_src().join("results").join("data.json")
@@ -275,8 +285,9 @@ fn write_rendered(data: &ResultsData) -> TaskResult {
 }
 
 /// Files in `book/src/generated/` that other tasks render, from their own
-/// data: never stale here. (`cargo xtask million` writes `million.md`.)
-const RENDERED_ELSEWHERE: &[&str] = &["million.md"];
+/// data: never stale here. (`cargo xtask million` writes `million.md`,
+/// `cargo xtask profile` writes `profile.md`.)
+const RENDERED_ELSEWHERE: &[&str] = &["million.md", "profile.md"];
 
 /// Files in `book/src/generated/` that rendering did not produce.
 fn stale_snippets(files: &[(PathBuf, String)]) -> Vec<PathBuf> {
