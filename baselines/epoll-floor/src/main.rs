@@ -79,6 +79,7 @@ fn serve(addr: SocketAddr) -> io::Result<()> {
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
     let mut buffer = vec![0u8; 64 * 1024];
     let (mut messages, mut served) = (0u64, 0u64);
+    // ANCHOR: loop
     while !stop.load(Ordering::Relaxed) {
         // SAFETY: `events` is a live buffer of EVENTS_PER_WAIT entries.
         let ready =
@@ -122,6 +123,7 @@ fn serve(addr: SocketAddr) -> io::Result<()> {
             }
         }
     }
+    // ANCHOR_END: loop
     writeln!(
         stdout,
         "summary: connections_served={served} echoes={messages} (epoll floor: not a conformant server)"
