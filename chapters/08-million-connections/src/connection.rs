@@ -22,7 +22,7 @@
 //! epoll's per-descriptor `epitem`) is real memory but not RSS, so "RSS
 //! growth / connections" does not count it.
 
-use std::io::{self, IoSlice};
+use std::io;
 
 use crate::buffer_pool::{BufferPool, PendingOutput};
 use crate::sys::Socket;
@@ -111,7 +111,7 @@ impl Connection {
         let mut written = 0;
         if self.pending_output.is_empty() {
             written = loop {
-                match self.socket.writev(&[IoSlice::new(data)]) {
+                match self.socket.write(data) {
                     Ok(n) => break n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break 0,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
