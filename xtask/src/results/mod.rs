@@ -15,6 +15,7 @@
 //! only, so a hand-edited number is a `--check` failure.
 
 mod data;
+pub(crate) mod format;
 mod machine;
 mod measure;
 mod plot;
