@@ -11,10 +11,12 @@
 //! - `profile`   perf profiles of servers at several connection counts, for the book
 
 mod book;
+mod clock;
 mod demo;
 mod doctor;
 mod exercise;
 mod million;
+mod procfs;
 mod profile;
 mod results;
 mod run;
