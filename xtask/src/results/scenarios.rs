@@ -140,7 +140,7 @@ fn summary_counts(line: &str) -> BTreeMap<String, u64> {
 }
 
 /// Stops a server with SIGINT and returns the counters of its summary line.
-fn summary_of(process: ServerProcess) -> Result<BTreeMap<String, u64>, String> {
+pub(super) fn summary_of(process: ServerProcess) -> Result<BTreeMap<String, u64>, String> {
     let shutdown = process
         .shutdown()
         .map_err(|e| format!("stopping the server: {e}"))?;
