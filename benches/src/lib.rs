@@ -138,19 +138,12 @@ pub const REFERENCE: &str = "tokio-echo";
 
 /// The servers in [`SERVERS`] that can be measured here, in order: all of
 /// them, except a Go server where no Go toolchain was found at build time
-/// (skipped with one line on stderr). A missing Cargo binary is left in, so
-/// that running it fails loudly.
+/// ([`build_release`] has said so, in one line). A missing Cargo binary is
+/// left in, so that running it fails loudly.
 pub fn available() -> Vec<&'static Server> {
     SERVERS
         .iter()
-        .filter(|server| match server.toolchain {
-            Toolchain::Cargo => true,
-            Toolchain::Go if go_echo::BINARY.is_some() => true,
-            Toolchain::Go => {
-                eprintln!("{}", go_echo::NO_GO);
-                false
-            }
-        })
+        .filter(|server| server.toolchain == Toolchain::Cargo || go_echo::BINARY.is_some())
         .collect()
 }
 
