@@ -8,6 +8,8 @@
 //!   scenarios (see `scenarios.rs`) and keep the committed matrix
 //! - `cargo xtask results --check`   re-render in memory and fail if any generated
 //!   file differs from it (no measuring; the test command runs this)
+//! - `cargo xtask results --quick --server go-echo`  measure one server (or a
+//!   few), print its numbers as JSON, write nothing
 //!
 //! Everything generated lives under `book/src`: `results.md`, `results/*.svg`,
 //! `generated/<server>.md` and the chapter scenario tables

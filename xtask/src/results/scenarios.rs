@@ -580,7 +580,7 @@ impl Bench {
                 "threads",
             ],
         );
-        let plan: [(&str, usize); 7] = [
+        let plan: [(&str, usize); 8] = [
             ("ch01-thread-per-connection", 5_000),
             ("ch02-epoll-level-triggered", 19_000),
             ("ch03-epoll-edge-triggered", 19_000),
@@ -588,13 +588,19 @@ impl Bench {
             ("ch05-buffer-pool", 19_000),
             ("tokio-echo", 19_000),
             ("mio-echo", 19_000),
+            // Only where a Go toolchain is installed (no row otherwise).
+            ("go-echo", 19_000),
         ];
+        let available = c1m_benches::available();
         for (name, connections) in plan {
             let label = format!("`{name}`");
             let Some(server) = c1m_benches::server(name) else {
                 t.rows.push(failed(&label, "not in SERVERS".to_string()));
                 continue;
             };
+            if !available.contains(&server) {
+                continue;
+            }
             let probe = self.memory_probe(server, connections);
             let cells = || -> Option<Vec<String>> {
                 Some(vec![
