@@ -677,9 +677,18 @@ fn snippet(data: &ResultsData, server: &ServerResults) -> String {
                 Some(t) => format!(", {} threads", thousands(t as u64)),
                 None => String::new(),
             };
+            // A Go server also says how much of that is goroutine stack.
+            let stack = m
+                .stack_bytes_per_connection
+                .map_or_else(String::new, |stack| {
+                    format!(
+                        ", {} B of it goroutine stack (`runtime.MemStats.StackInuse`)",
+                        thousands(stack)
+                    )
+                });
             let _ = writeln!(
                 out,
-                "Holding {held} idle connections: {} B of userland memory per connection{}{threads}.\n",
+                "Holding {held} idle connections: {} B of userland memory per connection{}{stack}{threads}.\n",
                 thousands(b.round() as u64),
                 versus(
                     Some(b),
