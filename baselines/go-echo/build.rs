@@ -32,6 +32,19 @@ fn main() {
         return;
     };
     println!("cargo::rerun-if-changed={}", go.display());
+    // main.go uses Go 1.19's typed atomics; an older Go counts as no Go.
+    if let Some(version) = go_version(&go)
+        && version < (1, 19)
+    {
+        println!(
+            "cargo::warning=go-echo: {} is Go {}.{}, older than the 1.19 main.go needs, so \
+             go-echo is not built, tested or measured",
+            go.display(),
+            version.0,
+            version.1
+        );
+        return;
+    }
 
     let Some(out_dir) = env::var_os("OUT_DIR").map(PathBuf::from) else {
         fail("cargo did not set OUT_DIR");
@@ -69,6 +82,20 @@ fn main() {
     }
     println!("cargo::rustc-cfg=go_toolchain");
     println!("cargo::rustc-env=GO_ECHO_BIN={}", binary.display());
+}
+
+/// `(major, minor)` from `go env GOVERSION` (`go1.19.8`), if it can be read.
+fn go_version(go: &Path) -> Option<(u32, u32)> {
+    let output = Command::new(go)
+        .args(["env", "GOVERSION"])
+        .env("GOTOOLCHAIN", "local")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut parts = text.trim().strip_prefix("go")?.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
 }
 
 fn fail(message: &str) -> ! {

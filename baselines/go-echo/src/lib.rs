@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 pub const BINARY: Option<&str> = option_env!("GO_ECHO_BIN");
 
 /// The one line every command prints when it skips go-echo.
-pub const NO_GO: &str = "go-echo: skipped, no Go toolchain on PATH \
+pub const NO_GO: &str = "go-echo: skipped, no Go 1.19+ toolchain on PATH \
      (apt-get install golang-go, then build again, to include it)";
 
 /// The package and binary name.
