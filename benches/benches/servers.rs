@@ -66,7 +66,9 @@ fn main() -> ExitCode {
     let mut criterion = plan.configure(Criterion::default()).configure_from_args();
     for server in c1m_benches::available() {
         bench_echo(&mut criterion, plan, server, &release_dir, cores);
-        bench_work(&mut criterion, plan, server, &release_dir, cores);
+        if server.does_work() {
+            bench_work(&mut criterion, plan, server, &release_dir, cores);
+        }
     }
     criterion.final_summary();
     ExitCode::SUCCESS

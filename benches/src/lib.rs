@@ -22,6 +22,10 @@ use loadgen::server::ServerProcess;
 pub enum Kind {
     Chapter,
     Baseline,
+    /// The smallest epoll loop that echoes: not a conformant server, a
+    /// ruler for how far the others are from the kernel's own cost. It does
+    /// no `--work-us`.
+    Floor,
 }
 
 impl Kind {
@@ -29,6 +33,7 @@ impl Kind {
         match self {
             Kind::Chapter => "chapter",
             Kind::Baseline => "baseline",
+            Kind::Floor => "floor",
         }
     }
 }
@@ -83,6 +88,20 @@ impl Server {
         }
     }
 
+    pub const fn floor(name: &'static str) -> Server {
+        Server {
+            name,
+            kind: Kind::Floor,
+            args: &[],
+            toolchain: Toolchain::Cargo,
+        }
+    }
+
+    /// Whether it takes `--work-us` (the floor does not).
+    pub fn does_work(&self) -> bool {
+        self.kind != Kind::Floor
+    }
+
     /// The same server, always started with these extra flags.
     pub const fn with_args(self, args: &'static [&'static str]) -> Server {
         Server { args, ..self }
@@ -129,6 +148,7 @@ pub const SERVERS: &[Server] = &[
     Server::baseline("mio-echo"),
     // Built only where a Go toolchain is installed; skipped with one line elsewhere.
     Server::go_baseline("go-echo"),
+    Server::floor("epoll-floor"),
 ];
 // ANCHOR_END: servers
 
@@ -147,6 +167,10 @@ pub fn available() -> Vec<&'static Server> {
         .collect()
 }
 
+/// The floor every server's CPU per message is also compared with: the
+/// kernel's own cost of an echo, with nothing of ours on top.
+pub const FLOOR: &str = "epoll-floor";
+
 /// Looks a server up by name in [`SERVERS`].
 pub fn server(name: &str) -> Option<&'static Server> {
     SERVERS.iter().find(|s| s.name == name)
@@ -157,6 +181,10 @@ pub fn server(name: &str) -> Option<&'static Server> {
 pub const CONNECTION_COUNTS: [usize; 4] = [1, 100, 1_000, 10_000];
 /// Bytes per echoed message, including its trailing newline.
 pub const MESSAGE_SIZE: usize = 64;
+/// Messages in flight per connection for the pipelined measurement, and
+/// how many connections it uses.
+pub const PIPELINE_DEPTH: usize = 16;
+pub const PIPELINE_CONNECTIONS: usize = 100;
 /// `--work-us` for the CPU-work measurement: microseconds of busy work per message.
 pub const WORK_US: u32 = 50;
 /// Connections for the CPU-work measurement.
@@ -256,13 +284,18 @@ pub fn build_release(extra: &[&str]) -> io::Result<PathBuf> {
 
 /// Puts the Go servers' binaries (built by `go-echo`'s build.rs with the Go
 /// toolchain, which has no debug/release split) into `release_dir`, or
-/// says in one line that there is no Go toolchain.
-pub fn install_go_servers(release_dir: &Path) -> io::Result<()> {
+/// says in one line that there is no Go toolchain. Whether they are there.
+pub fn install_go_servers(release_dir: &Path) -> io::Result<bool> {
     match go_echo::install(release_dir)? {
-        Some(path) => eprintln!("go-echo: built with the Go toolchain, {}", path.display()),
-        None => eprintln!("{}", go_echo::NO_GO),
+        Some(path) => {
+            eprintln!("go-echo: built with the Go toolchain, {}", path.display());
+            Ok(true)
+        }
+        None => {
+            eprintln!("{}", go_echo::NO_GO);
+            Ok(false)
+        }
     }
-    Ok(())
 }
 
 /// Raises this process's descriptor limit to its hard limit so that it, and
@@ -285,6 +318,7 @@ mod tests {
             );
         }
         assert_eq!(server(REFERENCE).map(|s| s.kind), Some(Kind::Baseline));
+        assert_eq!(server(FLOOR).map(|s| s.kind), Some(Kind::Floor));
     }
 
     #[test]
@@ -297,7 +331,7 @@ mod tests {
                     let name = server.name.strip_prefix("ch").unwrap_or(server.name);
                     root.join("chapters").join(name)
                 }
-                Kind::Baseline => root.join("baselines").join(server.name),
+                Kind::Baseline | Kind::Floor => root.join("baselines").join(server.name),
             };
             let manifest = std::fs::read_to_string(dir.join("Cargo.toml"))
                 .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));

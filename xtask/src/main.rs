@@ -8,12 +8,14 @@
 //! - `results`   measure every server and write the book's results page
 //! - `doctor`    check (and with --apply raise) the host limits for a million connections
 //! - `million`   hold a million connections with chapter 08's server, measure, report
+//! - `profile`   perf profiles of servers at several connection counts, for the book
 
 mod book;
 mod demo;
 mod doctor;
 mod exercise;
 mod million;
+mod profile;
 mod results;
 mod run;
 mod test;
@@ -45,6 +47,8 @@ enum Command {
     Doctor(doctor::DoctorArgs),
     /// Hold a million connections with chapter 08's server: doctor, ramp, measure, tear down, report.
     Million(million::MillionArgs),
+    /// Profile servers with perf at several connection counts; writes book/src/generated/profile.md.
+    Profile(profile::ProfileArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
         Command::Results(args) => results::run(&args),
         Command::Doctor(args) => doctor::run(&args),
         Command::Million(args) => million::run(&args),
+        Command::Profile(args) => profile::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

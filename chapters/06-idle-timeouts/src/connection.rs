@@ -96,6 +96,33 @@ impl Connection {
     }
     // ANCHOR_END: echo
 
+    // ANCHOR: echo_from_read_buffer
+    /// Sends back bytes the loop worked on itself (`--offload`), while they
+    /// are still in its read buffer: straight to the socket if nothing is
+    /// queued ahead of them, so a client that keeps up never costs a chunk
+    /// or a copy. Only what a partial write leaves is copied into pooled
+    /// chunks. Returns the bytes written now.
+    pub fn echo_from_read_buffer(
+        &mut self,
+        data: &[u8],
+        pool: &mut BufferPool,
+    ) -> io::Result<usize> {
+        let mut written = 0;
+        if self.pending_output.is_empty() {
+            written = loop {
+                match self.socket.write(data) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break 0,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+        }
+        self.pending_output.push(&data[written..], pool);
+        Ok(written)
+    }
+    // ANCHOR_END: echo_from_read_buffer
+
     /// Writes as much pending output as the send buffer takes, in one
     /// `writev`: if it is partial, the buffer is full (a short count proves
     /// it, epoll(7) says, just like EAGAIN would) and an EPOLLOUT edge will

@@ -310,6 +310,18 @@ impl Socket {
         Ok(n.unsigned_abs())
     }
 
+    /// One `write(2)`: for bytes still in the loop's read buffer (an echo
+    /// worked on the loop), with nothing queued ahead of them. May write
+    /// fewer bytes than given (a partial write) when the send buffer fills;
+    /// `WouldBlock` when it is already full.
+    pub fn write(&self, bytes: &[u8]) -> io::Result<usize> {
+        count(&WRITE_CALLS);
+        // SAFETY: the pointer and length describe `bytes`, readable for the
+        // whole call.
+        let n = check(unsafe { libc::write(self.fd.raw(), bytes.as_ptr().cast(), bytes.len()) })?;
+        Ok(n.unsigned_abs())
+    }
+
     /// One `writev(2)`: writes the slices in order, as if concatenated, in
     /// one system call, and like `write` may stop part-way (a partial
     /// write) when the send buffer fills; `WouldBlock` when it is already

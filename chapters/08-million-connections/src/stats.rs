@@ -58,6 +58,8 @@ pub struct ReactorStats {
     pub accept_calls: AtomicU64,
     /// Reads handed to the worker threads as jobs (`--work-us`).
     pub jobs: AtomicU64,
+    /// Reads whose work ran on the reactor itself (`--offload`).
+    pub inline: AtomicU64,
     /// Turns a connection was put on the ready list for (read budget spent
     /// or job queue full).
     pub requeued: AtomicU64,
@@ -173,6 +175,7 @@ pub struct Counters {
     pub write_calls: u64,
     pub accept_calls: u64,
     pub jobs: u64,
+    pub inline: u64,
     pub requeued: u64,
     pub pool_misses: u64,
     pub timer_ops: u64,
@@ -197,6 +200,7 @@ impl Counters {
             write_calls: load(&stats.write_calls),
             accept_calls: load(&stats.accept_calls),
             jobs: load(&stats.jobs),
+            inline: load(&stats.inline),
             requeued: load(&stats.requeued),
             pool_misses: load(&stats.pool_misses),
             timer_ops: load(&stats.timer_ops),
@@ -224,6 +228,7 @@ impl Counters {
         self.write_calls += other.write_calls;
         self.accept_calls += other.accept_calls;
         self.jobs += other.jobs;
+        self.inline += other.inline;
         self.requeued += other.requeued;
         self.pool_misses += other.pool_misses;
         self.timer_ops += other.timer_ops;
@@ -262,6 +267,7 @@ impl ReactorStats {
             &self.write_calls,
             &self.accept_calls,
             &self.jobs,
+            &self.inline,
             &self.requeued,
             &self.pool_misses,
             &self.timer_ops,

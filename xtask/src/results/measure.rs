@@ -33,7 +33,8 @@ pub struct Timing {
 /// The echo points of one pass over one server.
 pub struct EchoPass {
     pub echo: Vec<EchoPoint>,
-    pub work: EchoPoint,
+    pub pipelined: EchoPoint,
+    pub work: Option<EchoPoint>,
 }
 
 // ANCHOR: best_of
@@ -104,25 +105,44 @@ impl Matrix {
     }
 
     /// One pass over one server: messages/s at every connection count, then
-    /// the CPU-work point, each on a fresh server process.
+    /// pipelined, then the CPU-work point (the floor does no work), each on a
+    /// fresh server process.
     pub fn echo_pass(&self, server: &Server) -> EchoPass {
         eprintln!("    {}", server.name);
         let mut echo = Vec::new();
         let mut process = None;
         for &connections in &self.settings.connection_counts {
-            echo.push(self.echo_point(server, &mut process, connections, 0));
+            echo.push(self.echo_point(server, &mut process, connections, 0, 1));
         }
         stop(process);
 
         let mut process = None;
-        let work = self.echo_point(
+        let pipelined = self.echo_point(
             server,
             &mut process,
-            self.settings.work_connections,
-            self.settings.work_us,
+            self.settings.pipeline_connections,
+            0,
+            self.settings.pipeline_depth,
         );
         stop(process);
-        EchoPass { echo, work }
+
+        let work = server.does_work().then(|| {
+            let mut process = None;
+            let point = self.echo_point(
+                server,
+                &mut process,
+                self.settings.work_connections,
+                self.settings.work_us,
+                1,
+            );
+            stop(process);
+            point
+        });
+        EchoPass {
+            echo,
+            pipelined,
+            work,
+        }
     }
 
     /// One echo point, (re)starting the server if it is not running — a
@@ -133,10 +153,12 @@ impl Matrix {
         process: &mut Option<ServerProcess>,
         connections: usize,
         work_us: u32,
+        pipeline: usize,
     ) -> EchoPoint {
         let mut point = EchoPoint {
             connections,
             work_us,
+            pipeline,
             ..EchoPoint::default()
         };
         if process.as_ref().is_none_or(|p| !p.is_running()) {
@@ -161,6 +183,7 @@ impl Matrix {
         command
             .args(["--conns", &connections.to_string()])
             .args(["--size", &self.settings.message_size.to_string()])
+            .args(["--pipeline", &pipeline.to_string()])
             .args(["--warmup", &secs(self.timing.warmup)])
             .args(["--duration", &secs(self.timing.measure)]);
         match run_json::<EchoReport>(&mut command) {
@@ -188,9 +211,11 @@ impl Matrix {
             });
         }
         match &point.error {
-            Some(e) => eprintln!("    {connections:>6} conns, work {work_us} us: FAILED: {e}"),
+            Some(e) => eprintln!(
+                "    {connections:>6} conns, depth {pipeline}, work {work_us} us: FAILED: {e}"
+            ),
             None => eprintln!(
-                "    {connections:>6} conns, work {work_us} us: {} msg/s, p99 {} us",
+                "    {connections:>6} conns, depth {pipeline}, work {work_us} us: {} msg/s, p99 {} us",
                 show(point.messages_per_sec),
                 show(point.p99_us)
             ),

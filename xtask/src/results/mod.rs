@@ -28,8 +28,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use c1m_benches::{
-    CONNECTION_COUNTS, CorePlan, IDLE_CONNECTIONS, MESSAGE_SIZE, REFERENCE, SERVERS,
-    WORK_CONNECTIONS, WORK_US,
+    CONNECTION_COUNTS, CorePlan, FLOOR, IDLE_CONNECTIONS, MESSAGE_SIZE, PIPELINE_CONNECTIONS,
+    PIPELINE_DEPTH, REFERENCE, SERVERS, WORK_CONNECTIONS, WORK_US,
 };
 use clap::Args;
 
@@ -143,6 +143,16 @@ fn measure_scenarios(build_servers: bool) -> Result<data::ScenarioSet, TaskError
     Ok(scenarios::measure_all(&release_dir, cores))
 }
 
+/// `CPU, N cores, Linux K, DATE (UTC)`: the stamp other generated pages
+/// (the profile) carry, in the same words as the results page.
+pub fn describe_this_machine() -> String {
+    let m = machine::this_machine(CorePlan::detect());
+    format!(
+        "{}, {} cores, Linux {}, {} (UTC)",
+        m.cpu, m.cores, m.kernel, m.date
+    )
+}
+
 /// The committed data file every generated page comes from.
 fn data_path() -> PathBuf {
     book_src().join("results").join("data.json")
@@ -202,6 +212,9 @@ fn measure_all(quick: bool, passes: usize, only: &[String]) -> Result<ResultsDat
         work_connections: WORK_CONNECTIONS,
         idle_connections: if quick { 2_000 } else { IDLE_CONNECTIONS },
         reference: REFERENCE.to_string(),
+        floor: Some(FLOOR.to_string()),
+        pipeline_depth: PIPELINE_DEPTH,
+        pipeline_connections: PIPELINE_CONNECTIONS,
     };
     let matrix = Matrix {
         release_dir,
@@ -231,19 +244,22 @@ fn measure_all(quick: bool, passes: usize, only: &[String]) -> Result<ResultsDat
                 .iter()
                 .map(|_| Vec::new())
                 .collect();
+            let mut pipelined = Vec::new();
             let mut work = Vec::new();
             for run in runs {
                 for (points, point) in echo_by_count.iter_mut().zip(run.echo) {
                     points.push(point);
                 }
-                work.push(run.work);
+                pipelined.push(run.pipelined);
+                work.extend(run.work);
             }
             ServerResults {
                 name: server.name.to_string(),
                 kind: server.kind.as_str().to_string(),
                 args: server.args.iter().map(|a| a.to_string()).collect(),
                 echo: echo_by_count.into_iter().map(measure::best_of).collect(),
-                work: measure::best_of(work),
+                pipelined: Some(measure::best_of(pipelined)),
+                work: (!work.is_empty()).then(|| measure::best_of(work)),
                 memory,
             }
         })
@@ -299,8 +315,9 @@ fn write_rendered(data: &ResultsData) -> TaskResult {
 }
 
 /// Files in `book/src/generated/` that other tasks render, from their own
-/// data: never stale here. (`cargo xtask million` writes `million.md`.)
-const RENDERED_ELSEWHERE: &[&str] = &["million.md"];
+/// data: never stale here. (`cargo xtask million` writes `million.md`,
+/// `cargo xtask profile` writes `profile.md`.)
+const RENDERED_ELSEWHERE: &[&str] = &["million.md", "profile.md"];
 
 /// Files in `book/src/generated/` that rendering did not produce.
 fn stale_snippets(files: &[(PathBuf, String)]) -> Vec<PathBuf> {

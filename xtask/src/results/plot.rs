@@ -55,7 +55,7 @@ fn lines(data: &ResultsData, value: impl Fn(&ServerResults, usize) -> Option<f64
         .enumerate()
         .map(|(i, server)| Line {
             name: server.name.clone(),
-            dashed: server.kind == "baseline",
+            dashed: server.kind != "chapter",
             colour: colour(i),
             points: server
                 .echo
@@ -139,7 +139,7 @@ fn draw_legend(area: &DrawingArea<SVGBackend<'_>, Shift>, lines: &[Line]) -> Res
         .pos(Pos::new(HPos::Left, VPos::Center));
     let y = 70 + 26 * lines.len() as i32 + 8;
     area.draw(&Text::new(
-        "solid: chapters, dashed: baselines",
+        "solid: chapters, dashed: baselines and the floor",
         (4, y),
         note,
     ))
