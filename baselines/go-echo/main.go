@@ -125,7 +125,8 @@ func handleClient(conn net.Conn, work time.Duration) error {
 	defer conn.Close()
 	// (Go already sets TCP_NODELAY on every TCP connection.)
 	// 4 KiB, as most Go echo examples use; it lives as long as the
-	// connection, so it is part of what an idle connection costs here.
+	// connection, so an idle connection holds it (its pages become resident
+	// once bytes have been read into them).
 	buffer := make([]byte, 4096)
 	for {
 		n, err := conn.Read(buffer)
