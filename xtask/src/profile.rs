@@ -22,6 +22,7 @@ use clap::Args;
 use loadgen::report::EchoReport;
 use loadgen::server::ServerProcess;
 
+use crate::results::format;
 use crate::run::{TaskError, TaskResult, have, workspace_root};
 
 #[derive(Args)]
@@ -308,8 +309,8 @@ fn render(runs: &[Run], args: &ProfileArgs) -> String {
             out,
             "| `{}` | {} | {} | {} | {:.0}% | {:.1}% |",
             run.server,
-            thousands(run.conns),
-            thousands(run.messages_per_sec.round() as usize),
+            format::thousands(run.conns as u64),
+            format::thousands(run.messages_per_sec.round() as u64),
             run.cpu_us_per_message
                 .map_or_else(|| "–".to_string(), |us| format!("{us:.2} µs")),
             run.kernel_percent,
@@ -340,7 +341,7 @@ fn render(runs: &[Run], args: &ProfileArgs) -> String {
             "<details><summary><code>{}</code> at {} connections: top {TOP_SYMBOLS} \
              symbols</summary>\n",
             run.server,
-            thousands(run.conns)
+            format::thousands(run.conns as u64)
         );
         let _ = writeln!(out, "| samples | where | symbol |");
         let _ = writeln!(out, "| ---: | --- | --- |");
@@ -389,33 +390,21 @@ fn growth_table(out: &mut String, few: &Run, many: &Run) {
          message):\n",
         few.server,
         cpu_few,
-        thousands(few.conns),
+        format::thousands(few.conns as u64),
         cpu_many,
-        thousands(many.conns)
+        format::thousands(many.conns as u64)
     );
     let _ = writeln!(
         out,
         "| symbol | ns per message at {} | at {} | grew by |",
-        thousands(few.conns),
-        thousands(many.conns)
+        format::thousands(few.conns as u64),
+        format::thousands(many.conns as u64)
     );
     let _ = writeln!(out, "| --- | ---: | ---: | ---: |");
     for (symbol, a, b) in grown.iter().take(6) {
         let _ = writeln!(out, "| `{symbol}` | {a:.0} | {b:.0} | {:+.0} |", b - a);
     }
     out.push('\n');
-}
-
-fn thousands(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// `CPU model, N cores, Linux K, DATE (UTC)`.

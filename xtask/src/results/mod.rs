@@ -18,6 +18,7 @@
 
 mod claims;
 mod data;
+pub(crate) mod format;
 mod machine;
 mod measure;
 mod plot;

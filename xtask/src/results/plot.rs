@@ -68,7 +68,7 @@ fn lines(data: &ResultsData, value: impl Fn(&ServerResults, usize) -> Option<f64
 
 /// `1`, `100`, `1,000`, `10,000` on a log axis.
 fn connections_label(x: &f64) -> String {
-    super::render::thousands(x.round() as u64)
+    super::format::thousands(x.round() as u64)
 }
 
 fn x_range(data: &ResultsData) -> std::ops::Range<f64> {
@@ -189,7 +189,7 @@ pub fn throughput(data: &ResultsData) -> Result<String, String> {
             .x_desc("concurrent connections (log scale)")
             .y_desc("messages per second")
             .x_label_formatter(&connections_label)
-            .y_label_formatter(&|y| super::render::thousands(y.round() as u64))
+            .y_label_formatter(&|y| super::format::thousands(y.round() as u64))
             .axis_desc_style(("sans-serif", 15))
             .label_style(("sans-serif", 13))
             .light_line_style(BLACK.mix(0.05))
@@ -229,7 +229,7 @@ pub fn p99(data: &ResultsData) -> Result<String, String> {
             .x_desc("concurrent connections (log scale)")
             .y_desc("p99 RTT (log scale)")
             .x_label_formatter(&connections_label)
-            .y_label_formatter(&|us| super::render::micros(us.round() as u64))
+            .y_label_formatter(&|us| super::format::micros(us.round() as u64))
             .axis_desc_style(("sans-serif", 15))
             .label_style(("sans-serif", 13))
             .light_line_style(BLACK.mix(0.05))
@@ -252,7 +252,7 @@ pub fn memory(data: &ResultsData) -> Result<String, String> {
         .collect();
     let top = bars.iter().filter_map(|b| b.1).fold(100.0, f64::max);
     let n = bars.len().max(1);
-    let held = super::render::thousands(data.settings.idle_connections as u64);
+    let held = super::format::thousands(data.settings.idle_connections as u64);
     let mut buf = String::new();
     {
         let root = page(&mut buf);
@@ -282,7 +282,7 @@ pub fn memory(data: &ResultsData) -> Result<String, String> {
             .configure_mesh()
             .disable_y_mesh()
             .x_desc("bytes of RSS growth per held connection")
-            .x_label_formatter(&|x| super::render::thousands(x.round() as u64))
+            .x_label_formatter(&|x| super::format::thousands(x.round() as u64))
             .y_label_formatter(&name_of)
             .y_labels(n)
             .axis_desc_style(("sans-serif", 15))
@@ -294,7 +294,7 @@ pub fn memory(data: &ResultsData) -> Result<String, String> {
             let row = n - 1 - i;
             let label_at = (value.unwrap_or(0.0), SegmentValue::CenterOf(row));
             let label = match value {
-                Some(bytes) => format!("{} B", super::render::thousands(bytes.round() as u64)),
+                Some(bytes) => format!("{} B", super::format::thousands(bytes.round() as u64)),
                 None => "failed".to_string(),
             };
             if let Some(bytes) = value {

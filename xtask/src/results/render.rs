@@ -10,6 +10,7 @@ use c1m_benches::Server;
 
 use super::claims;
 use super::data::{EchoPoint, ResultsData, ScenarioSet, ScenarioTable, ServerResults};
+use super::format::{micros, thousands};
 use super::plot;
 use super::scenarios;
 
@@ -68,35 +69,12 @@ fn unmeasured<'a>(data: &ResultsData, servers: &'a [Server]) -> Vec<&'a Server> 
 // ---------------------------------------------------------------------------
 // Number formatting: the same everywhere, so tables line up with the plots.
 
-/// `1234567` as `1,234,567`.
-pub fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// `1 conn`, `100 conns`, `10,000 conns`.
 fn conns(n: usize) -> String {
     if n == 1 {
         "1 conn".to_string()
     } else {
         format!("{} conns", thousands(n as u64))
-    }
-}
-
-/// Microseconds as `850 µs`, `1.25 ms`, `42 ms`, `3.1 s`.
-pub fn micros(us: u64) -> String {
-    match us {
-        0..1_000 => format!("{us} µs"),
-        1_000..10_000 => format!("{:.2} ms", us as f64 / 1e3),
-        10_000..1_000_000 => format!("{:.0} ms", us as f64 / 1e3),
-        _ => format!("{:.1} s", us as f64 / 1e6),
     }
 }
 
@@ -978,22 +956,6 @@ fn not_measured_snippet(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn thousands_groups_digits_in_threes() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1_000), "1,000");
-        assert_eq!(thousands(1_234_567), "1,234,567");
-    }
-
-    #[test]
-    fn micros_picks_a_readable_unit() {
-        assert_eq!(micros(850), "850 µs");
-        assert_eq!(micros(1_250), "1.25 ms");
-        assert_eq!(micros(42_000), "42 ms");
-        assert_eq!(micros(3_100_000), "3.1 s");
-    }
 
     #[test]
     fn ratio_needs_both_sides() {

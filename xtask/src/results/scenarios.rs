@@ -17,9 +17,9 @@ use loadgen::report::{EchoReport, HoldReport};
 use loadgen::server::ServerProcess;
 
 use super::data::{MemoryProbe, ScenarioRow, ScenarioSet, ScenarioTable, Settings};
+use super::format::{micros, thousands};
 use super::machine;
 use super::measure::{self, Matrix, Timing};
-use super::render::{micros, thousands};
 
 /// Every table the scenarios produce, as (chapter, id). The pages include
 /// `generated/<chapter>-<id>.md`; a table missing from the data (an older

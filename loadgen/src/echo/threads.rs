@@ -7,14 +7,16 @@ use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use crate::echo::{CountingWindow, EchoConfig, LoadError, Shared, WorkerResult, quota};
+use super::config::{EchoConfig, quota};
+use super::shared::{CountingWindow, Shared, WorkerResult};
+use crate::error::LoadError;
 use crate::payload::{Cursor, Payload};
 use crate::report::{self, ConnectStats};
 
 // ANCHOR: connection_thread
 /// Connection `index`: connect, wait for all the others, then
 /// `write_all` a message, `read_exact` its echo, check it, repeat.
-pub(crate) fn run_connection_thread(
+pub(super) fn run_connection_thread(
     config: &EchoConfig,
     shared: &Shared,
     index: usize,
