@@ -10,7 +10,8 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use super::data::{ResultsData, ScenarioTable, ServerResults};
-use super::render::{MARKDOWN_NOTE, table_row, thousands};
+use super::format::thousands;
+use super::render::{MARKDOWN_NOTE, table_row};
 
 /// The Go server the goroutine claims are checked against.
 const GO: &str = "go-echo";
