@@ -38,6 +38,16 @@ impl Kind {
     }
 }
 
+/// Which toolchain builds a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Toolchain {
+    /// `cargo build --release -p NAME`: always there.
+    Cargo,
+    /// Go (`go-echo`): built by its crate's build.rs when Go is on PATH and
+    /// copied next to the others; skipped, with one line, when it is not.
+    Go,
+}
+
 /// One server binary that follows the echo contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Server {
@@ -46,6 +56,7 @@ pub struct Server {
     pub kind: Kind,
     /// Flags passed after `--addr 127.0.0.1:0` in every measurement.
     pub args: &'static [&'static str],
+    pub toolchain: Toolchain,
 }
 
 impl Server {
@@ -54,6 +65,7 @@ impl Server {
             name,
             kind: Kind::Chapter,
             args: &[],
+            toolchain: Toolchain::Cargo,
         }
     }
 
@@ -62,6 +74,17 @@ impl Server {
             name,
             kind: Kind::Baseline,
             args: &[],
+            toolchain: Toolchain::Cargo,
+        }
+    }
+
+    /// A baseline written in Go (see `baselines/go-echo`).
+    pub const fn go_baseline(name: &'static str) -> Server {
+        Server {
+            name,
+            kind: Kind::Baseline,
+            args: &[],
+            toolchain: Toolchain::Go,
         }
     }
 
@@ -70,6 +93,7 @@ impl Server {
             name,
             kind: Kind::Floor,
             args: &[],
+            toolchain: Toolchain::Cargo,
         }
     }
 
@@ -122,6 +146,8 @@ pub const SERVERS: &[Server] = &[
     Server::chapter("ch08-million-connections").with_args(&["--procs", "1"]),
     Server::baseline("tokio-echo"),
     Server::baseline("mio-echo"),
+    // Built only where a Go toolchain is installed; skipped with one line elsewhere.
+    Server::go_baseline("go-echo"),
     Server::floor("epoll-floor"),
 ];
 // ANCHOR_END: servers
@@ -129,6 +155,17 @@ pub const SERVERS: &[Server] = &[
 /// The server every other one is compared with, as a ratio measured in the
 /// same run: the echo server most Rust programmers would write.
 pub const REFERENCE: &str = "tokio-echo";
+
+/// The servers in [`SERVERS`] that can be measured here, in order: all of
+/// them, except a Go server where no Go toolchain was found at build time
+/// ([`build_release`] has said so, in one line). A missing Cargo binary is
+/// left in, so that running it fails loudly.
+pub fn available() -> Vec<&'static Server> {
+    SERVERS
+        .iter()
+        .filter(|server| server.toolchain == Toolchain::Cargo || go_echo::BINARY.is_some())
+        .collect()
+}
 
 /// The floor every server's CPU per message is also compared with: the
 /// kernel's own cost of an echo, with nothing of ours on top.
@@ -227,7 +264,11 @@ pub fn build_release(extra: &[&str]) -> io::Result<PathBuf> {
     command
         .current_dir(workspace_root())
         .args(["build", "--release", "--quiet"]);
-    for package in SERVERS.iter().map(|s| s.name).chain(extra.iter().copied()) {
+    let cargo_built = SERVERS
+        .iter()
+        .filter(|s| s.toolchain == Toolchain::Cargo)
+        .map(|s| s.name);
+    for package in cargo_built.chain(extra.iter().copied()) {
         command.args(["-p", package]);
     }
     let status = command.status()?;
@@ -236,7 +277,25 @@ pub fn build_release(extra: &[&str]) -> io::Result<PathBuf> {
             "`cargo build --release` of the servers failed ({status})"
         )));
     }
-    Ok(release_dir())
+    let release_dir = release_dir();
+    install_go_servers(&release_dir)?;
+    Ok(release_dir)
+}
+
+/// Puts the Go servers' binaries (built by `go-echo`'s build.rs with the Go
+/// toolchain, which has no debug/release split) into `release_dir`, or
+/// says in one line that there is no Go toolchain. Whether they are there.
+pub fn install_go_servers(release_dir: &Path) -> io::Result<bool> {
+    match go_echo::install(release_dir)? {
+        Some(path) => {
+            eprintln!("go-echo: built with the Go toolchain, {}", path.display());
+            Ok(true)
+        }
+        None => {
+            eprintln!("{}", go_echo::NO_GO);
+            Ok(false)
+        }
+    }
 }
 
 /// Raises this process's descriptor limit to its hard limit so that it, and

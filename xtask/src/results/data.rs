@@ -136,6 +136,13 @@ pub struct MemoryProbe {
     pub threads_idle: Option<usize>,
     pub threads_held: Option<usize>,
     pub error: Option<String>,
+    /// Go servers only: goroutine stack in use per held connection, from
+    /// `runtime.MemStats.StackInuse` (the summary's `stack_bytes_per_connection`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_bytes_per_connection: Option<u64>,
+    /// Go servers only: goroutines alive when the most connections were held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub goroutines_held: Option<u64>,
 }
 
 impl MemoryProbe {

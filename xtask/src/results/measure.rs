@@ -91,10 +91,13 @@ impl Matrix {
         match (&memory.error, memory.bytes_per_connection()) {
             (Some(e), _) => eprintln!("    {}: memory FAILED: {e}", server.name),
             (None, Some(bytes)) => eprintln!(
-                "    {}: {bytes:.0} B per idle connection, threads {} -> {}",
+                "    {}: {bytes:.0} B per idle connection, threads {} -> {}{}",
                 server.name,
                 show(memory.threads_idle),
-                show(memory.threads_held)
+                show(memory.threads_held),
+                memory
+                    .stack_bytes_per_connection
+                    .map_or_else(String::new, |b| format!(", {b} B of goroutine stack each"))
             ),
             (None, None) => {}
         }
@@ -304,7 +307,12 @@ impl Matrix {
             )),
             Ok(_) => None,
         };
-        stop(Some(process));
+        // A Go server's summary says what its goroutine stacks cost when the
+        // most connections were open; the others' summaries have no such key.
+        if let Ok(counts) = super::scenarios::summary_of(process) {
+            probe.stack_bytes_per_connection = counts.get("stack_bytes_per_connection").copied();
+            probe.goroutines_held = counts.get("peak_goroutines").copied();
+        }
         probe
     }
     // ANCHOR_END: memory_probe
@@ -400,8 +408,9 @@ pub(super) fn first_line(e: &std::io::Error) -> String {
     e.to_string().lines().next().unwrap_or_default().to_string()
 }
 
-/// The loadgen binary exists (built by `cargo build --release -p loadgen`).
-pub fn check_binaries(release_dir: &Path, servers: &[Server]) -> Result<(), String> {
+/// The loadgen binary exists (built by `cargo build --release -p loadgen`),
+/// and so does every server in `servers`.
+pub fn check_binaries(release_dir: &Path, servers: &[&Server]) -> Result<(), String> {
     let mut missing: Vec<String> = Vec::new();
     if !release_dir.join("loadgen").exists() {
         missing.push("loadgen".into());

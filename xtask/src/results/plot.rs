@@ -17,7 +17,7 @@ const LEGEND_WIDTH: u32 = 250;
 const HEIGHT: u32 = 500;
 
 /// Line colours, one per server in table order; chapters solid, baselines dashed.
-const PALETTE: [RGBColor; 10] = [
+const PALETTE: [RGBColor; 12] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -28,6 +28,9 @@ const PALETTE: [RGBColor; 10] = [
     RGBColor(127, 127, 127),
     RGBColor(188, 189, 34),
     RGBColor(23, 190, 207),
+    // Beyond ten servers (go-echo, and any chapter after 08), so no colour repeats.
+    RGBColor(0, 0, 0),
+    RGBColor(0, 90, 90),
 ];
 
 fn colour(index: usize) -> RGBColor {

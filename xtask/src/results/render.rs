@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use c1m_benches::Server;
 
+use super::claims;
 use super::data::{EchoPoint, ResultsData, ScenarioSet, ScenarioTable, ServerResults};
 use super::format::{micros, thousands};
 use super::plot;
@@ -47,6 +48,8 @@ pub fn render(data: &ResultsData, servers: &[Server]) -> Result<Vec<(PathBuf, St
         files.push((snippet_path(server.name), not_measured_snippet(server.name)));
     }
     files.extend(scenario_tables(data.scenarios.as_ref()));
+    // The Go appendix's table of the playbook's claims, from all of the above.
+    files.push((claims::path(), claims::render(data)));
     Ok(files)
 }
 
@@ -477,8 +480,8 @@ fn results_page(data: &ResultsData, servers: &[Server]) -> String {
         let names: Vec<String> = missing.iter().map(|s| code(s.name)).collect();
         let _ = writeln!(
             page,
-            "Not measured in this run (added to the server list since): {}. Run `cargo xtask \
-             results` to include them.\n",
+            "Not measured in this run (added to the server list since, or skipped for lack \
+             of a toolchain): {}. Run `cargo xtask results` to include them.\n",
             names.join(", ")
         );
     }
@@ -682,7 +685,7 @@ fn table_header(page: &mut String, cells: &[String]) {
     table_row(page, &rule);
 }
 
-fn table_row(page: &mut String, cells: &[String]) {
+pub(super) fn table_row(page: &mut String, cells: &[String]) {
     let _ = writeln!(page, "| {} |", cells.join(" | "));
 }
 
@@ -791,9 +794,18 @@ fn snippet(data: &ResultsData, server: &ServerResults) -> String {
                 Some(t) => format!(", {} threads", thousands(t as u64)),
                 None => String::new(),
             };
+            // A Go server also says how much of that is goroutine stack.
+            let stack = m
+                .stack_bytes_per_connection
+                .map_or_else(String::new, |stack| {
+                    format!(
+                        ", {} B of it goroutine stack (`runtime.MemStats.StackInuse`)",
+                        thousands(stack)
+                    )
+                });
             let _ = writeln!(
                 out,
-                "Holding {held} idle connections: {} B of userland memory per connection{}{threads}.\n",
+                "Holding {held} idle connections: {} B of userland memory per connection{}{stack}{threads}.\n",
                 thousands(b.round() as u64),
                 versus(
                     Some(b),

@@ -140,7 +140,7 @@ fn summary_counts(line: &str) -> BTreeMap<String, u64> {
 }
 
 /// Stops a server with SIGINT and returns the counters of its summary line.
-fn summary_of(process: ServerProcess) -> Result<BTreeMap<String, u64>, String> {
+pub(super) fn summary_of(process: ServerProcess) -> Result<BTreeMap<String, u64>, String> {
     let shutdown = process
         .shutdown()
         .map_err(|e| format!("stopping the server: {e}"))?;
@@ -615,7 +615,7 @@ impl Bench {
                 "threads",
             ],
         );
-        let plan: [(&str, usize); 7] = [
+        let plan: [(&str, usize); 8] = [
             ("ch01-thread-per-connection", 5_000),
             ("ch02-epoll-level-triggered", 19_000),
             ("ch03-epoll-edge-triggered", 19_000),
@@ -623,13 +623,19 @@ impl Bench {
             ("ch05-buffer-pool", 19_000),
             ("tokio-echo", 19_000),
             ("mio-echo", 19_000),
+            // Only where a Go toolchain is installed (no row otherwise).
+            ("go-echo", 19_000),
         ];
+        let available = c1m_benches::available();
         for (name, connections) in plan {
             let label = format!("`{name}`");
             let Some(server) = c1m_benches::server(name) else {
                 t.rows.push(failed(&label, "not in SERVERS".to_string()));
                 continue;
             };
+            if !available.contains(&server) {
+                continue;
+            }
             let probe = self.memory_probe(server, connections);
             let cells = || -> Option<Vec<String>> {
                 Some(vec![
