@@ -379,6 +379,8 @@ impl Server {
     }
 
     fn register(&mut self, socket: Socket) {
+        // Best effort: a socket without TCP_NODELAY still echoes correctly.
+        let _ = socket.set_nodelay();
         let id = ConnectionId {
             fd: socket.raw_fd(),
             serial: self.next_serial,
@@ -390,8 +392,6 @@ impl Server {
             eprintln!("epoll_ctl(ADD): {e}; closing the new connection");
             return;
         }
-        // Best effort: a socket without TCP_NODELAY still echoes correctly.
-        let _ = socket.set_nodelay();
         let index = slot(id.fd);
         if self.connections.len() <= index {
             self.connections.resize_with(index + 1, || None);
