@@ -6,13 +6,14 @@
 //! save is one run. Keys, each followed by Enter: `h` the next hint, `l` the
 //! list, `r` run again, `q` (or Ctrl-C) quit.
 
+use std::fs;
 use std::io::{self, BufRead, IsTerminal};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use notify_debouncer_mini::notify::RecursiveMode;
 use notify_debouncer_mini::{DebounceEventResult, new_debouncer};
@@ -25,8 +26,8 @@ use crate::run::{TaskError, TaskResult};
 const DEBOUNCE: Duration = Duration::from_millis(300);
 
 enum Event {
-    /// Files changed under the watched `src/`.
-    Saved(Vec<std::path::PathBuf>),
+    /// Something happened under the watched `src/`.
+    Saved,
     /// A line typed on the terminal.
     Key(String),
 }
@@ -52,10 +53,9 @@ pub fn run(
     let (events, received) = mpsc::channel();
     let saves = events.clone();
     let mut debouncer = new_debouncer(DEBOUNCE, move |result: DebounceEventResult| {
-        if let Ok(changes) = result {
-            let paths = changes.into_iter().map(|change| change.path).collect();
+        if result.is_ok() {
             // The receiver only goes away when we are leaving anyway.
-            let _ = saves.send(Event::Saved(paths));
+            let _ = saves.send(Event::Saved);
         }
     })
     .map_err(|e| TaskError::Failed(format!("starting the file watcher: {e}")))?;
@@ -72,6 +72,7 @@ pub fn run(
     watch(&mut debouncer, &watched, true)?;
     let mut hints_shown = 0;
     let mut run_now = true;
+    let mut last_run = Vec::new();
     loop {
         if run_now {
             run_now = false;
@@ -84,6 +85,7 @@ pub fn run(
                 current.name,
                 watched.display()
             );
+            last_run = fingerprint(&watched);
             let passed = check(current, progress, true)?;
             if interrupted.load(Ordering::Relaxed) {
                 break;
@@ -117,12 +119,11 @@ pub fn run(
             break;
         }
         match received.recv_timeout(Duration::from_millis(200)) {
-            Ok(Event::Saved(paths)) => {
-                // Editors also write swap and backup files; only Rust
-                // sources are the reader's work.
-                run_now = paths
-                    .iter()
-                    .any(|path| path.extension().is_some_and(|ext| ext == "rs"));
+            Ok(Event::Saved) => {
+                // The watcher also reports reads (the compiler opening the
+                // files) and editors' swap files: run only when a Rust
+                // source was written since the last run.
+                run_now = fingerprint(&watched) != last_run;
             }
             Ok(Event::Key(key)) => match key.as_str() {
                 "h" => hints_shown = show_next_hint(current, hints_shown),
@@ -163,6 +164,27 @@ fn show_next_hint(ex: &Exercise, shown: usize) -> usize {
         );
     }
     n
+}
+
+/// The Rust sources under `dir` with their modification times and sizes:
+/// what changes when the reader saves, and not when the compiler reads.
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
+    let mut files = Vec::new();
+    if super::files_under(dir, &mut files).is_err() {
+        return Vec::new();
+    }
+    let mut prints: Vec<_> = files
+        .into_iter()
+        .filter(|path| path.extension().is_some_and(|ext| ext == "rs"))
+        .map(|path| {
+            let meta = fs::metadata(&path).ok();
+            let modified = meta.as_ref().and_then(|m| m.modified().ok());
+            let len = meta.map_or(0, |m| m.len());
+            (path, modified, len)
+        })
+        .collect();
+    prints.sort();
+    prints
 }
 
 fn watch(
