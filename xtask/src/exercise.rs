@@ -55,6 +55,11 @@ pub struct ExerciseArgs {
     /// With reset: do not ask for confirmation.
     #[arg(long, short = 'y')]
     yes: bool,
+    /// For maintainers: prove that NAME (or, without it, every exercise)
+    /// fails untouched and passes with its reference solution (tests,
+    /// clippy, rustfmt), in scratch copies: the check `cargo xtask test` runs.
+    #[arg(long, conflicts_with_all = ["hint", "solution"])]
+    verify: bool,
 }
 
 /// What the words after `cargo xtask exercise` ask for.
@@ -94,6 +99,21 @@ pub fn run(args: &ExerciseArgs) -> TaskResult {
     let mut progress = load_progress(&root)?;
     let action =
         parse_action(args.action.as_deref(), args.target.as_deref()).map_err(TaskError::Usage)?;
+    if args.verify {
+        return match &action {
+            Action::List => check_all(),
+            Action::Check(query) => {
+                let ex = find(&exercises, &progress, query)?;
+                eprintln!("    exercise {}", ex.name);
+                check_one(ex).map_err(TaskError::Failed)?;
+                eprintln!("    ok: {} fails untouched and passes solved", ex.name);
+                Ok(())
+            }
+            _ => Err(TaskError::Usage(
+                "--verify takes an exercise name, or none for all of them".into(),
+            )),
+        };
+    }
     let chosen = match &action {
         Action::List if args.hint.is_none() && !args.solution => {
             print_list(&exercises, &progress);

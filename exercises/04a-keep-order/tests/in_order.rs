@@ -61,6 +61,28 @@ fn completing_a_job_that_was_never_assigned_is_a_bug() {
     order.complete(0, ());
 }
 
+#[test]
+#[should_panic(expected = "completed twice")]
+fn completing_a_job_twice_is_a_bug() {
+    let mut order = InOrder::new();
+    let first = order.assign();
+    let second = order.assign();
+    order.complete(second, "b");
+    // A worker that reports the same job twice would echo a line twice.
+    order.complete(second, "b again");
+    let _ = first;
+}
+
+#[test]
+#[should_panic(expected = "not in flight")]
+fn completing_a_job_already_released_is_a_bug() {
+    let mut order = InOrder::new();
+    let first = order.assign();
+    order.complete(first, "a");
+    assert_eq!(order.pop_ready(), Some("a"));
+    order.complete(first, "a again");
+}
+
 /// The real thing: one connection's 400 lines spread over four worker
 /// threads that take different (deterministic) times per line, so they
 /// finish out of order. The "event loop" (this thread) releases them in

@@ -3,7 +3,7 @@
 //! the queue is closed and drained.
 
 use std::sync::mpsc;
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -88,16 +88,33 @@ fn close_lets_workers_drain_the_queue_then_stop() {
 /// keeps it (as if left unread in the socket) and waits for a result before
 /// trying again. Every job must come back exactly once, and the queue never
 /// holds more than its capacity.
+///
+/// The workers are slow on purpose, and deterministically so: each takes a
+/// job only when the loop gives it a permit, and the loop gives one only
+/// when it is refused. So the first 4 pushes fit, every later push is
+/// refused exactly once (the queue is full until a permit frees a place),
+/// and the count of refusals is exact, not a matter of timing.
 #[test]
 fn a_loop_that_stops_reading_when_full_loses_nothing() {
+    const JOBS: u32 = 2000;
     let queue = Arc::new(BoundedQueue::new(4));
     let (results, result_receiver) = mpsc::channel::<u32>();
+    let (permits, permit_receiver) = mpsc::channel::<()>();
+    let permit_receiver = Arc::new(Mutex::new(permit_receiver));
     let workers: Vec<_> = (0..2)
         .map(|_| {
             let queue = Arc::clone(&queue);
             let results = results.clone();
+            let permit_receiver = Arc::clone(&permit_receiver);
             thread::spawn(move || {
-                while let Some(job) = queue.pop() {
+                loop {
+                    let permit = permit_receiver.lock().unwrap().recv();
+                    if permit.is_err() {
+                        return; // the loop is done handing out work
+                    }
+                    let job = queue
+                        .pop()
+                        .expect("a permit is given only for a queued job");
                     results.send(job * 10).unwrap();
                 }
             })
@@ -108,31 +125,33 @@ fn a_loop_that_stops_reading_when_full_loses_nothing() {
     let mut next_read: u32 = 0;
     let mut refused = 0;
     let mut received = Vec::new();
-    while received.len() < 2000 {
-        if next_read < 2000 {
-            match queue.try_push(next_read) {
-                Ok(()) => next_read += 1,
-                Err(job) => {
-                    assert_eq!(job, next_read, "the refused job came back unchanged");
-                    refused += 1;
-                    // Full: stop reading until a worker delivers a result.
-                    received.push(result_receiver.recv_timeout(FAILSAFE).unwrap());
-                }
+    while next_read < JOBS {
+        match queue.try_push(next_read) {
+            Ok(()) => next_read += 1,
+            Err(job) => {
+                assert_eq!(job, next_read, "the refused job came back unchanged");
+                assert_eq!(queue.len(), queue.capacity(), "refused only when full");
+                refused += 1;
+                // Full: stop reading until a worker delivers a result.
+                permits.send(()).unwrap();
+                received.push(result_receiver.recv_timeout(FAILSAFE).unwrap());
             }
-        } else {
-            received.push(result_receiver.recv_timeout(FAILSAFE).unwrap());
         }
         assert!(queue.len() <= queue.capacity());
-        while let Ok(result) = result_receiver.try_recv() {
-            received.push(result);
-        }
     }
-    queue.close();
+    // The last jobs still queued: let the workers take them.
+    for _ in 0..queue.len() {
+        permits.send(()).unwrap();
+        received.push(result_receiver.recv_timeout(FAILSAFE).unwrap());
+    }
+    drop(permits);
     for worker in workers {
         worker.join().unwrap();
     }
+    assert!(queue.is_empty());
     received.sort_unstable();
-    assert_eq!(received, (0..2000).map(|n| n * 10).collect::<Vec<_>>());
-    // Not a timing assertion: 2,000 jobs through 4 places cannot all fit.
-    assert!(refused > 0);
+    assert_eq!(received, (0..JOBS).map(|n| n * 10).collect::<Vec<_>>());
+    // 2,000 jobs through 4 places: after the first 4, every push finds the
+    // queue full once.
+    assert_eq!(refused, JOBS - 4);
 }

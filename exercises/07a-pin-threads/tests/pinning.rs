@@ -30,6 +30,64 @@ fn allowed_cpus_are_what_proc_says() {
     assert!(allowed.windows(2).all(|pair| pair[0] < pair[1]), "in order");
 }
 
+/// Restricts the calling thread to `cpus` with `sched_setaffinity`
+/// directly, as `taskset` or a container's cpuset would, without going
+/// through the code under test.
+fn restrict_this_thread_to(cpus: &[usize]) {
+    // SAFETY: cpu_set_t is a plain bitmask; all zeroes is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        assert!(cpu < libc::CPU_SETSIZE as usize);
+        // SAFETY: `cpu` is below CPU_SETSIZE (checked above).
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: pid 0 is the calling thread; `set` is initialised and its
+    // size is passed.
+    let rc = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) };
+    assert_eq!(
+        rc,
+        0,
+        "sched_setaffinity: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// An unrestricted host would let `0..available_parallelism()` pass the test
+/// above. Here the mask leaves CPU 0 out (all allowed CPUs but the first),
+/// so the answer must follow the mask, not count from zero. On a host with
+/// a single allowed CPU there is no such mask to make, and the test says so.
+#[test]
+fn allowed_cpus_follow_a_restricted_mask() {
+    let from_proc = parse_cpu_list(&cpus_allowed_list().unwrap());
+    if from_proc.len() < 2 {
+        eprintln!("only CPU {from_proc:?} allowed here: cannot restrict further");
+        return;
+    }
+    let without_first: Vec<usize> = from_proc[1..].to_vec();
+    let seen = thread::spawn(move || {
+        restrict_this_thread_to(&without_first);
+        (allowed_cpus().unwrap(), without_first)
+    })
+    .join()
+    .unwrap();
+    assert_eq!(
+        seen.0, seen.1,
+        "allowed_cpus() under a mask without CPU {}",
+        from_proc[0]
+    );
+    // And a mask with a gap, when there are CPUs enough to leave one out.
+    if from_proc.len() >= 3 {
+        let gap = vec![from_proc[0], from_proc[2]];
+        let seen = thread::spawn(move || {
+            restrict_this_thread_to(&gap);
+            (allowed_cpus().unwrap(), gap)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(seen.0, seen.1, "allowed_cpus() under a mask with a gap");
+    }
+}
+
 #[test]
 fn reactors_are_spread_round_robin_over_allowed_cpus() {
     assert_eq!(plan_pinning(5, &[0, 2]), [0, 2, 0, 2, 0]);
