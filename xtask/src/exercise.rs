@@ -487,8 +487,9 @@ fn list() -> Result<Vec<Exercise>, TaskError> {
     Ok(exercises)
 }
 
-/// Resolves NAME: a full name; a chapter number (`02`), meaning its first
-/// unfinished exercise (its first one once all are done); or a unique prefix.
+/// Resolves NAME: a full name; a chapter number (`02` or `2`), meaning its
+/// first unfinished exercise (its first one once all are done); or a unique
+/// prefix.
 fn find<'a>(
     exercises: &'a [Exercise],
     progress: &Progress,
@@ -497,21 +498,20 @@ fn find<'a>(
     if let Some(ex) = exercises.iter().find(|ex| ex.name == query) {
         return Ok(ex);
     }
-    if query.len() == 2 && query.bytes().all(|b| b.is_ascii_digit()) {
+    if (1..=2).contains(&query.len()) && query.bytes().all(|b| b.is_ascii_digit()) {
+        // `4` is chapter 04 too.
+        let number = format!("{query:0>2}");
         let chapter: Vec<&Exercise> = exercises
             .iter()
-            .filter(|ex| chapter_of(&ex.name) == Some(query))
+            .filter(|ex| chapter_of(&ex.name) == Some(number.as_str()))
             .collect();
-        return chapter
+        if let Some(ex) = chapter
             .iter()
             .find(|ex| !progress.is_done(&ex.name))
             .or(chapter.first())
-            .copied()
-            .ok_or_else(|| {
-                TaskError::Usage(format!(
-                    "chapter {query} has no exercises; `cargo xtask exercise` lists them"
-                ))
-            });
+        {
+            return Ok(ex);
+        }
     }
     let matches: Vec<&Exercise> = exercises
         .iter()
@@ -706,7 +706,16 @@ mod tests {
             "all done: start the chapter again"
         );
         assert_eq!(resolve("", "01").unwrap(), "01a-bounded-thread-pool");
-        assert!(resolve("", "09").unwrap_err().contains("no exercises"));
+        assert!(
+            resolve("", "09")
+                .unwrap_err()
+                .contains("no exercise matches")
+        );
+        assert_eq!(
+            resolve("", "2").unwrap(),
+            "02a-partial-writes",
+            "`2` is chapter 02"
+        );
     }
 
     #[test]
