@@ -150,10 +150,7 @@ pub fn run(args: &ExerciseArgs) -> TaskResult {
     }
     if check(chosen, &mut progress, false)? {
         match first_unfinished(&exercises, &progress) {
-            Some(next) => println!(
-                "next: {} — `cargo xtask exercise next`, or `watch` to be taken there on every pass",
-                next.name
-            ),
+            Some(next) => println!("next: {} (`cargo xtask exercise next`)", next.name),
             None => println!("{}", all_done(&exercises)),
         }
         Ok(())
