@@ -4,7 +4,7 @@
 //! - `test`      everything CI checks: fmt, clippy, tests, exercises, the book
 //! - `demo`      the most advanced server present, measured by loadgen
 //! - `book`      build the book (or `--serve` it)
-//! - `exercise`  check one exercise and show a hint
+//! - `exercise`  the exercises: list and progress, check, next, watch, reset, hints, solutions
 //! - `results`   measure every server and write the book's results page
 //! - `doctor`    check (and with --apply raise) the host limits for a million connections
 //! - `million`   hold a million connections with chapter 08's server, measure, report
@@ -41,7 +41,7 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Build the book into book/build (installs mdbook if missing).
     Book(book::BookArgs),
-    /// Check one exercise (by name or number) and show a hint if it fails.
+    /// The exercises: list with progress, check one (NAME, chapter NN, next), watch, reset, --hint, --solution.
     Exercise(exercise::ExerciseArgs),
     /// Measure every server and write the book's results page (or --check it).
     Results(results::ResultsArgs),
