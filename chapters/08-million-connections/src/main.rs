@@ -77,7 +77,9 @@ struct Args {
     #[arg(long, visible_alias = "threads", default_value = "auto")]
     reactors: Count,
 
-    /// Serve Prometheus metrics on this address (`GET /metrics`).
+    /// Serve Prometheus metrics on this address (`GET /metrics`). No
+    /// authentication: anyone who can connect reads them; keep it on
+    /// loopback or a private interface (a warning says so otherwise).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
 

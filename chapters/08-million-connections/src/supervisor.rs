@@ -326,6 +326,9 @@ impl Supervisor {
             let _ = self
                 .epoll
                 .wait(&mut events, Some(Duration::from_millis(10)));
+            // A scraper may come early: serve it (the metrics listener is
+            // level-triggered, so leaving it unserved would spin this loop).
+            self.serve_metrics(&events);
             while let Some(signal) = self.signals.take_signal().ok().flatten() {
                 if signal != libc::SIGCHLD {
                     self.abort();
@@ -392,6 +395,7 @@ impl Supervisor {
                 next_status,
                 shutdown_deadline,
                 self.slots.iter().filter_map(|s| s.restart_at).min(),
+                self.metrics.as_ref().and_then(MetricsServer::next_deadline),
             ]
             .into_iter()
             .flatten()
@@ -402,17 +406,7 @@ impl Supervisor {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Failure::Other(format!("epoll_wait: {e}"))),
             }
-            for event in events.iter() {
-                if event.token() == token(self.signals.raw_fd()) {
-                    continue; // handled below, every turn
-                }
-                if let Some(mut metrics) = self.metrics.take() {
-                    if metrics.owns(event) {
-                        metrics.on_event(&self.epoll, event, || self.sample());
-                    }
-                    self.metrics = Some(metrics);
-                }
-            }
+            self.serve_metrics(&events);
             while let Some(signal) = self
                 .signals
                 .take_signal()
@@ -462,6 +456,21 @@ impl Supervisor {
         })
     }
     // ANCHOR_END: run
+
+    /// Hands the metrics endpoint its events (signals are read every turn
+    /// anyway), then closes scrapers whose time is up.
+    fn serve_metrics(&mut self, events: &Events) {
+        let Some(mut metrics) = self.metrics.take() else {
+            return;
+        };
+        for event in events.iter() {
+            if event.token() != token(self.signals.raw_fd()) && metrics.owns(event) {
+                metrics.on_event(&self.epoll, event, || self.sample());
+            }
+        }
+        metrics.expire(Instant::now());
+        self.metrics = Some(metrics);
+    }
 
     // ANCHOR: reap
     /// Collects every worker that exited. Outside shutdown each one is a
