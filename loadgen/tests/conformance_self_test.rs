@@ -60,6 +60,24 @@ fn never_reading_check_catches_unbounded_buffering() {
 }
 
 #[test]
+fn small_writes_check_catches_a_queue_written_in_stalling_batches() {
+    let message = failure_of(
+        "write-in-batches",
+        conformance::small_writes_then_half_close,
+    );
+    assert!(message.contains("then nothing for"), "{message}");
+}
+
+#[test]
+fn single_byte_check_catches_a_chunk_per_read() {
+    let message = failure_of(
+        "chunk-per-read",
+        conformance::single_byte_segments_memory_bounded,
+    );
+    assert!(message.contains("RSS grew"), "{message}");
+}
+
+#[test]
 fn emfile_check_catches_a_server_that_exits() {
     let failure = conformance::emfile(&broken("exit-on-emfile")).unwrap_err();
     eprintln!("--break exit-on-emfile: {failure}");

@@ -41,6 +41,7 @@ mod echo;
 mod flags;
 mod hostile;
 mod idle;
+mod output_queue;
 mod resources;
 mod tests_macro;
 
@@ -50,6 +51,7 @@ pub use echo::{
 pub use flags::{bad_flag_exits_2, help_lists_flags, sigint_summary, work_us};
 pub use hostile::{never_reading_client, reset_mid_stream};
 pub use idle::idle_timeout;
+pub use output_queue::{single_byte_segments_memory_bounded, small_writes_then_half_close};
 pub use resources::{emfile, no_descriptor_leak};
 
 /// What a check returns.
@@ -206,6 +208,11 @@ pub const TARGET_CHECKS: &[(&str, TargetCheck)] = &[
     ("half_close", half_close),
     ("reset_mid_stream", reset_mid_stream),
     ("never_reading_client", never_reading_client),
+    ("small_writes_then_half_close", small_writes_then_half_close),
+    (
+        "single_byte_segments_memory_bounded",
+        single_byte_segments_memory_bounded,
+    ),
 ];
 
 /// Runs every check that needs only an address against a server that is
