@@ -316,4 +316,35 @@ mod tests {
         stats.reactors.store(1, Ordering::Relaxed);
         assert_eq!(stats.snapshot(), Counters::default());
     }
+
+    #[test]
+    fn a_mapping_past_the_end_of_the_stats_memfd_is_refused() {
+        let len = crate::sys::page_size();
+        let (_page, fd) = SharedPage::create(len).unwrap();
+        assert!(SharedPage::map(fd.raw(), len, len).is_err());
+        assert!(SharedPage::map(fd.raw(), usize::MAX - len + 1, len).is_err());
+        assert!(SharedPage::map(fd.raw(), 0, len).is_ok());
+    }
+
+    #[test]
+    fn a_descriptor_that_is_not_the_sealed_stats_memfd_is_refused() {
+        // SAFETY: the name is a valid C string; the new descriptor goes
+        // straight into an `Fd`, which closes it.
+        let raw = unsafe { libc::memfd_create(c"not-stats".as_ptr(), 0) };
+        assert!(raw >= 0);
+        // SAFETY: we just created `raw` and nothing else owns it.
+        let plain = unsafe { crate::sys::Fd::from_raw(raw) };
+        // Empty and unsealed: a load from this mapping would be SIGBUS.
+        assert!(SharedPage::map(plain.raw(), 0, crate::sys::page_size()).is_err());
+    }
+
+    #[test]
+    #[should_panic(expected = "shared struct out of the mapping")]
+    fn an_offset_that_would_overflow_is_out_of_the_mapping() {
+        let (page, _fd) = SharedPage::create(worker_slot_len()).unwrap();
+        // Aligned, so only the end check can refuse it: `offset + size`
+        // must not wrap around to a small number.
+        let offset = usize::MAX - (align_of::<WorkerStats>() - 1);
+        let _: &WorkerStats = page.get(offset);
+    }
 }
