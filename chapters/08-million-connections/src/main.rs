@@ -432,7 +432,8 @@ fn print_summary(out: &mut impl Write, settings: &Settings, outcome: &Outcome) -
         out,
         "summary: connections_served={} shed={} reaped={} epoll_wait={} epoll_ctl={} read={} \
          write={} accept={} jobs={} requeued={} pool_misses={} timer_ops={} bytes_received={} \
-         bytes_sent={} loop_wakeups={} workers={} reactors={} restarts={}",
+         bytes_sent={} loop_wakeups={} workers={} reactors={} restarts={} shutdown_dropped={} \
+         shutdown_dropped_bytes={}",
         total.accepted,
         total.shed,
         total.reaped,
@@ -451,6 +452,8 @@ fn print_summary(out: &mut impl Write, settings: &Settings, outcome: &Outcome) -
         settings.plan.procs,
         settings.plan.procs * settings.plan.reactors,
         outcome.restarts,
+        total.shutdown_dropped,
+        total.shutdown_dropped_bytes,
     )?;
     for (index, worker) in outcome.per_worker.iter().enumerate() {
         write!(out, " worker{index}_accepted={}", worker.accepted)?;

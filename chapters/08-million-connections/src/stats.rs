@@ -65,6 +65,10 @@ pub struct ReactorStats {
     pub pool_misses: AtomicU64,
     /// Timing-wheel operations: schedule, touch, cancel (`--idle-timeout`).
     pub timer_ops: AtomicU64,
+    /// Connections still owed echo when the shutdown grace ran out, and the
+    /// queued bytes they were owed (not counting jobs still running).
+    pub shutdown_dropped: AtomicU64,
+    pub shutdown_dropped_bytes: AtomicU64,
     /// Time from `epoll_wait` returning to the loop calling it again, summed
     /// and bucketed: how long each wake-up kept the loop busy.
     pub iteration_ns_sum: AtomicU64,
@@ -176,6 +180,8 @@ pub struct Counters {
     pub requeued: u64,
     pub pool_misses: u64,
     pub timer_ops: u64,
+    pub shutdown_dropped: u64,
+    pub shutdown_dropped_bytes: u64,
     pub iteration_ns_sum: u64,
     pub iteration_buckets: [u64; ITERATION_BUCKETS],
 }
@@ -200,6 +206,8 @@ impl Counters {
             requeued: load(&stats.requeued),
             pool_misses: load(&stats.pool_misses),
             timer_ops: load(&stats.timer_ops),
+            shutdown_dropped: load(&stats.shutdown_dropped),
+            shutdown_dropped_bytes: load(&stats.shutdown_dropped_bytes),
             iteration_ns_sum: load(&stats.iteration_ns_sum),
             iteration_buckets: stats.iteration_buckets.each_ref().map(load),
         }
@@ -227,6 +235,8 @@ impl Counters {
         self.requeued += other.requeued;
         self.pool_misses += other.pool_misses;
         self.timer_ops += other.timer_ops;
+        self.shutdown_dropped += other.shutdown_dropped;
+        self.shutdown_dropped_bytes += other.shutdown_dropped_bytes;
         self.iteration_ns_sum += other.iteration_ns_sum;
         for (sum, count) in self
             .iteration_buckets
@@ -265,6 +275,8 @@ impl ReactorStats {
             &self.requeued,
             &self.pool_misses,
             &self.timer_ops,
+            &self.shutdown_dropped,
+            &self.shutdown_dropped_bytes,
             &self.iteration_ns_sum,
         ]
         .into_iter()
