@@ -120,3 +120,61 @@ fn scrapers_past_the_descriptor_limit_neither_spin_the_supervisor_nor_lock_it() 
     drop(idle);
     server.shutdown().unwrap();
 }
+
+#[test]
+fn a_1_mib_request_is_refused_and_the_endpoint_keeps_serving() {
+    let server = start(None);
+    let addr = metrics_addr(&server);
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut request = b"GET /metrics HTTP/1.0\r\nX-Padding: ".to_vec();
+    request.resize(1024 * 1024, b'a');
+    // The server stops reading at its limit and answers (or closes); our
+    // write may then fail with a reset, which is fine.
+    let _ = stream.write_all(&request);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response);
+    assert!(
+        response.is_empty() || response.starts_with("HTTP/1.0 431 "),
+        "a 1 MiB request got: {response:?}"
+    );
+    assert!(server.is_running(), "{}", server.stderr());
+    assert!(scrape(addr, false).starts_with("HTTP/1.0 200 OK\r\n"));
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn a_thousand_scrapes_in_a_row_are_all_answered_and_leak_nothing() {
+    let server = start(None);
+    let addr = metrics_addr(&server);
+    assert!(scrape(addr, false).starts_with("HTTP/1.0 200 OK\r\n"));
+    let supervisor = server.pid();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{supervisor}/fd"))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
+    for attempt in 0..1000 {
+        let response = scrape(addr, attempt % 2 == 0);
+        assert!(
+            response.starts_with("HTTP/1.0 200 OK\r\n"),
+            "scrape {attempt}: {response:?}"
+        );
+    }
+    // Each scraper is closed once answered; give the last a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fds() > before {
+        assert!(
+            Instant::now() < deadline,
+            "{} descriptors before, {} after",
+            before,
+            fds()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.shutdown().unwrap();
+}
