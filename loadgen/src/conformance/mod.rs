@@ -39,6 +39,7 @@ use crate::server::{ServerBuilder, ServerProcess};
 mod client;
 mod echo;
 mod flags;
+mod fuzz;
 mod hostile;
 mod idle;
 mod output_queue;
@@ -49,6 +50,7 @@ pub use echo::{
     concurrent_clients, exact_echo, half_close, many_concurrent_clients, pipelined_lines,
 };
 pub use flags::{bad_flag_exits_2, help_lists_flags, sigint_summary, work_us};
+pub use fuzz::fuzz_echo;
 pub use hostile::{never_reading_client, reset_mid_stream};
 pub use idle::idle_timeout;
 pub use output_queue::{single_byte_segments_memory_bounded, small_writes_then_half_close};
@@ -213,6 +215,7 @@ pub const TARGET_CHECKS: &[(&str, TargetCheck)] = &[
         "single_byte_segments_memory_bounded",
         single_byte_segments_memory_bounded,
     ),
+    ("fuzz_echo", fuzz_echo),
 ];
 
 /// Runs every check that needs only an address against a server that is

@@ -129,6 +129,15 @@ macro_rules! conformance_tests {
         }
 
         #[test]
+        fn fuzzed_clients_get_exactly_their_echo() {
+            $crate::conformance::assert_target_check(
+                &__conformance_server(),
+                "fuzz_echo",
+                $crate::conformance::fuzz_echo,
+            );
+        }
+
+        #[test]
         fn survives_emfile_without_spinning() {
             $crate::conformance::assert_spec_check(
                 &__conformance_server(),
