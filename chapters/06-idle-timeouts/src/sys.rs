@@ -267,8 +267,9 @@ impl Event {
 
 // ANCHOR: socket
 /// Most slices one `writev` gathers. Linux allows 1024 (`IOV_MAX`); 64
-/// chunks of 16 KiB is 1 MiB, more than a socket's send buffer takes in one
-/// call, so more would only cost stack.
+/// full chunks of 16 KiB is 1 MiB, often as much as a socket's send buffer
+/// takes in one call. A queue of more chunks takes more calls: the caller
+/// keeps writing while each call is taken whole.
 pub const MAX_IOVECS: usize = 64;
 
 /// A connected, non-blocking TCP socket.

@@ -77,7 +77,9 @@ struct Args {
     #[arg(long, visible_alias = "threads", default_value = "auto")]
     reactors: Count,
 
-    /// Serve Prometheus metrics on this address (`GET /metrics`).
+    /// Serve Prometheus metrics on this address (`GET /metrics`). No
+    /// authentication: anyone who can connect reads them; keep it on
+    /// loopback or a private interface (a warning says so otherwise).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
 
@@ -456,7 +458,8 @@ fn print_summary(out: &mut impl Write, settings: &Settings, outcome: &Outcome) -
         out,
         "summary: connections_served={} shed={} reaped={} epoll_wait={} epoll_ctl={} read={} \
          write={} accept={} jobs={} inline={} requeued={} pool_misses={} timer_ops={} bytes_received={} \
-         bytes_sent={} loop_wakeups={} workers={} reactors={} restarts={}",
+         bytes_sent={} loop_wakeups={} workers={} reactors={} restarts={} shutdown_dropped={} \
+         shutdown_dropped_bytes={}",
         total.accepted,
         total.shed,
         total.reaped,
@@ -476,6 +479,8 @@ fn print_summary(out: &mut impl Write, settings: &Settings, outcome: &Outcome) -
         settings.plan.procs,
         settings.plan.procs * settings.plan.reactors,
         outcome.restarts,
+        total.shutdown_dropped,
+        total.shutdown_dropped_bytes,
     )?;
     for (index, worker) in outcome.per_worker.iter().enumerate() {
         write!(out, " worker{index}_accepted={}", worker.accepted)?;

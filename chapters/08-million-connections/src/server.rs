@@ -49,6 +49,14 @@ const CONNECTION_INTEREST: u32 = READABLE | WRITABLE | READ_CLOSED | EDGE_TRIGGE
 /// How long to stop accepting when accept fails and we cannot shed the
 /// connection (see `accept_new_connections`).
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// Most connections accepted in one turn. Like the read budget, it keeps a
+/// flood of connects from holding the loop away from the connections it
+/// already has; the listener is level-triggered, so epoll reports the rest
+/// of the queue on the next turn.
+const ACCEPTS_PER_TURN: usize = 64;
+/// On shutdown, how long connections still owed echo get to take it (see
+/// `begin_drain`). Below the supervisor's 15 s grace before SIGKILL.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// Slab slots allocated up front; it grows (by doubling) past this.
 const INITIAL_CONNECTIONS: usize = 1024;
 /// Idle output chunks a reactor keeps once most of its connections have
@@ -156,6 +164,8 @@ pub struct Server {
     /// This reactor's slot in the shared memory the supervisor reads; this
     /// thread is its only writer.
     stats: &'static ReactorStats,
+    /// Set on stop: until then connections still owed echo may take it.
+    draining_until: Option<Instant>,
 }
 // ANCHOR_END: server
 
@@ -205,6 +215,7 @@ impl Server {
             expired: Vec::new(),
             config,
             stats,
+            draining_until: None,
         })
     }
 
@@ -225,7 +236,10 @@ impl Server {
                 let accept_pause = self
                     .accept_paused_until
                     .map(|until| until.saturating_duration_since(now));
-                earliest(idle_deadline, accept_pause)
+                let drain_left = self
+                    .draining_until
+                    .map(|until| until.saturating_duration_since(now));
+                earliest(earliest(idle_deadline, accept_pause), drain_left)
             } else {
                 // Connections are waiting for their next turn: collect new
                 // events without sleeping, then serve both.
@@ -248,12 +262,7 @@ impl Server {
                     self.accept_new_connections();
                 } else if token == STOP {
                     self.stop.reset()?;
-                    // Returning drops every connection, which closes it.
-                    if !self.connections.is_empty() {
-                        bump(&self.stats.closed, self.connections.len() as u64);
-                    }
-                    self.publish_counts();
-                    return Ok(());
+                    self.begin_drain();
                 } else if token == WAKER {
                     self.apply_completed()?;
                 } else {
@@ -262,10 +271,60 @@ impl Server {
             }
             self.serve_ready_list();
             self.reap_idle_connections();
+            if self
+                .draining_until
+                .is_some_and(|until| self.connections.is_empty() || Instant::now() >= until)
+            {
+                self.finish_drain();
+                return Ok(());
+            }
             self.resume_accepting_if_due()?;
             self.publish_counts();
             self.stats.record_iteration(woke.elapsed());
         }
+    }
+
+    /// Stop, gracefully: accept nothing more, and treat every connection as
+    /// if its client had half-closed: read nothing more from it, send what
+    /// it is owed (its queued output, the result of a job in flight), then
+    /// close it. One that is owed nothing closes now; the rest get
+    /// `DRAIN_GRACE`.
+    fn begin_drain(&mut self) {
+        // (Fails harmlessly if an accept pause already took it out.)
+        let _ = self.epoll.delete(self.listener.raw_fd());
+        self.accept_paused_until = None;
+        self.draining_until = Some(Instant::now() + DRAIN_GRACE);
+        let tokens: Vec<Token> = (0..self.connections.slots())
+            .filter_map(|index| self.connections.token_at(index))
+            .collect();
+        for token in tokens {
+            if let Some(connection) = self.connections.get_mut(token) {
+                connection.peer_closed = true;
+                if connection.is_finished() {
+                    self.close(token);
+                }
+            }
+        }
+    }
+
+    /// The grace is over (or nobody is owed anything): count what is
+    /// dropped with the connections still open, for the summary. Returning
+    /// then drops every connection, which closes it. A job still running
+    /// on a worker thread is not waited for here; its bytes are not counted.
+    fn finish_drain(&mut self) {
+        if !self.connections.is_empty() {
+            let mut owed = 0;
+            for index in 0..self.connections.slots() {
+                let token = self.connections.token_at(index);
+                if let Some(connection) = token.and_then(|t| self.connections.get_mut(t)) {
+                    owed += connection.pending_output.len();
+                }
+            }
+            bump(&self.stats.closed, self.connections.len() as u64);
+            bump(&self.stats.shutdown_dropped, self.connections.len() as u64);
+            bump(&self.stats.shutdown_dropped_bytes, owed as u64);
+        }
+        self.publish_counts();
     }
     // ANCHOR_END: event_loop
 
@@ -509,9 +568,10 @@ impl Server {
     // ANCHOR_END: give_memory_back
 
     // ANCHOR: accept
-    /// Accepts every connection waiting in the listen queue, until EAGAIN.
+    /// Accepts the connections waiting in the listen queue, until EAGAIN or
+    /// [`ACCEPTS_PER_TURN`] of them.
     fn accept_new_connections(&mut self) {
-        loop {
+        for _ in 0..ACCEPTS_PER_TURN {
             match self.listener.accept() {
                 Ok(socket) => self.register(socket),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
