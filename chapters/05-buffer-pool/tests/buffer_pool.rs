@@ -62,7 +62,10 @@ fn pipeline(stream: TcpStream, data: Vec<u8>) -> Vec<u8> {
 
 #[test]
 fn pool_counters_are_in_the_summary_line() {
-    let server = start(&["--workers", "2"]);
+    // `--offload always`: every read travels to a worker in pooled chunks.
+    // (With the default, free work is echoed from the read buffer, and the
+    // pool is touched only by partial writes.)
+    let server = start(&["--workers", "2", "--offload", "always"]);
     let addr = server.addr();
     for client in 0..20 {
         let sent = numbered_lines(client, 100);
@@ -91,7 +94,8 @@ fn pool_counters_are_in_the_summary_line() {
 /// chunk is lent out: an idle connection holds no pooled buffer.
 #[test]
 fn idle_connections_hold_no_pool_buffer_after_a_burst() {
-    let server = start(&["--workers", "2"]);
+    // `--offload always`, so the burst certainly goes through pooled chunks.
+    let server = start(&["--workers", "2", "--offload", "always"]);
     let addr = server.addr();
     let handles: Vec<_> = (0..50)
         .map(|client| {
@@ -143,7 +147,16 @@ fn a_result_for_a_reset_client_never_reaches_the_next_one() {
     // One worker, and a line that keeps it busy for a second: A's job is
     // still running when A resets and B is accepted into A's slab slot (the
     // slot freed last is reused first), with the next generation.
-    let server = start(&["--workers", "1", "--work-us", "1000000"]);
+    // `--offload always`: B's read must go to the pool too, and wait behind
+    // A's result, which is the moment this test is about.
+    let server = start(&[
+        "--workers",
+        "1",
+        "--work-us",
+        "1000000",
+        "--offload",
+        "always",
+    ]);
     let addr = server.addr();
     let idle_cpu = server.cpu_time().unwrap();
     let mut a = connect(addr);
