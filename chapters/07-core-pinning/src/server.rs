@@ -182,30 +182,43 @@ pub struct Server {
     /// while the job queue was full, oldest first. Edge-triggered epoll will
     /// not report them again, so this list is what remembers them.
     ready_list: VecDeque<Token>,
-    /// One read buffer shared by all connections: data only stays in it
-    /// between a `read` and the copy into pooled chunks for the job.
-    read_buffer: Box<[u8]>,
-    /// Output chunks, lent to a connection from the read whose echo it owes
-    /// until the write that sends it. Only this thread touches it.
-    output_pool: BufferPool,
+    /// What every connection's turn borrows besides the connection: the
+    /// read buffer, the output pool, the workers and the config.
+    context: Context,
     /// Held in reserve for EMFILE (see `accept_new_connections`).
     spare_descriptor: Option<Fd>,
     /// Set while accepting is paused after an accept error we could not shed.
     accept_paused_until: Option<Instant>,
     /// Whether we already said we are out of descriptors (say it once).
     out_of_descriptors_reported: bool,
-    /// The pool that runs `--work-us`, and the way its results come back.
-    workers: Workers,
     /// Where finished jobs are swapped in; kept to reuse its capacity.
     completed: Vec<Completed>,
     /// Every connection's idle deadline, by slab slot (`--idle-timeout`).
     idle: Option<IdleTimeouts>,
     /// Where expired slots are collected; kept to reuse its capacity.
     expired: Vec<usize>,
-    config: Config,
     totals: Totals,
 }
 // ANCHOR_END: server
+
+// ANCHOR: context
+/// What a connection's turn borrows from the loop besides the connection
+/// itself. It is a struct of its own so that a turn can hold one connection
+/// (borrowed from the slab) and all of these at once: two fields of the
+/// server, borrowed side by side.
+struct Context {
+    /// One read buffer shared by all connections: data only stays in it
+    /// between a `read` and the copy into pooled chunks for the job.
+    read_buffer: Box<[u8]>,
+    /// Output chunks, lent to a connection from the read whose echo it owes
+    /// until the write that sends it. Only this thread touches it.
+    output_pool: BufferPool,
+    /// The pool that runs `--work-us`, and the way its results come back.
+    workers: Workers,
+    /// The flags that shape every turn.
+    config: Config,
+}
+// ANCHOR_END: context
 
 impl Server {
     /// Sets up a reactor; call it on the reactor's own thread (after pinning
@@ -235,18 +248,20 @@ impl Server {
             stop,
             connections: Slab::with_capacity(INITIAL_CONNECTIONS),
             ready_list: VecDeque::new(),
-            read_buffer: vec![0; READ_CHUNK].into_boxed_slice(),
-            output_pool: BufferPool::new(),
+            context: Context {
+                read_buffer: vec![0; READ_CHUNK].into_boxed_slice(),
+                output_pool: BufferPool::new(),
+                workers,
+                config,
+            },
             spare_descriptor: Some(sys::open_spare_descriptor()?),
             accept_paused_until: None,
             out_of_descriptors_reported: false,
-            workers,
             completed: Vec::new(),
             idle: config
                 .idle_timeout
                 .map(|timeout| IdleTimeouts::new(timeout, Instant::now())),
             expired: Vec::new(),
-            config,
             totals: Totals {
                 connections_served: 0,
                 connections_shed: 0,
@@ -267,7 +282,7 @@ impl Server {
     pub fn run(mut self) -> io::Result<Totals> {
         let mut events = Events::with_capacity(EVENTS_PER_WAIT);
         loop {
-            let timeout = if self.ready_list.is_empty() || !self.workers.has_room() {
+            let timeout = if self.ready_list.is_empty() || !self.context.workers.has_room() {
                 // (With the job queue full, the ready list must wait for a
                 // result to free a place, and a result wakes us anyway.)
                 // Sleep until the first idle deadline or the end of an
@@ -297,8 +312,8 @@ impl Server {
                     self.accept_new_connections();
                 } else if token == STOP {
                     self.stop.reset()?;
-                    self.totals.workers = self.workers.stats();
-                    self.totals.pool = self.output_pool.stats();
+                    self.totals.workers = self.context.workers.stats();
+                    self.totals.pool = self.context.output_pool.stats();
                     if let Some(idle) = &self.idle {
                         self.totals.timers = idle.stats();
                     }
@@ -373,15 +388,7 @@ impl Server {
                 connection.peer_sent_fin = true;
             }
             let writable = event.is_writable() || event.is_hangup();
-            serve_edge_triggered(
-                token,
-                connection,
-                writable,
-                &mut self.read_buffer,
-                &mut self.output_pool,
-                &mut self.workers,
-                self.config,
-            )
+            serve_edge_triggered(token, connection, writable, &mut self.context)
         };
         self.after_turn(token, served);
     }
@@ -394,29 +401,21 @@ impl Server {
     /// job was out).
     fn apply_completed(&mut self) -> io::Result<()> {
         let mut completed = std::mem::take(&mut self.completed);
-        self.workers.take_completed(&mut completed)?;
+        self.context.workers.take_completed(&mut completed)?;
         for done in completed.drain(..) {
             let Some(connection) = self.connections.get_mut(done.connection) else {
                 // Closed while its job ran (a reset, say); its slot may
                 // already hold someone else. Its chunks go back to the pool.
                 let mut orphaned = done.data;
-                orphaned.release(&mut self.output_pool);
+                orphaned.release(&mut self.context.output_pool);
                 self.totals.results_dropped += 1;
                 continue;
             };
             connection.job_in_flight = false;
             let served = connection
-                .echo(done.data, &mut self.output_pool)
+                .echo(done.data, &mut self.context.output_pool)
                 .and_then(|()| {
-                    serve_edge_triggered(
-                        done.connection,
-                        connection,
-                        false,
-                        &mut self.read_buffer,
-                        &mut self.output_pool,
-                        &mut self.workers,
-                        self.config,
-                    )
+                    serve_edge_triggered(done.connection, connection, false, &mut self.context)
                 });
             self.after_turn(done.connection, served);
         }
@@ -432,7 +431,7 @@ impl Server {
     /// queue is full the rest wait: every turn would only find it full.
     fn serve_ready_list(&mut self) {
         for _ in 0..self.ready_list.len() {
-            if !self.workers.has_room() {
+            if !self.context.workers.has_room() {
                 break;
             }
             let Some(token) = self.ready_list.pop_front() else {
@@ -442,15 +441,7 @@ impl Server {
                 continue; // closed while it waited
             };
             connection.on_ready_list = false;
-            let served = serve_edge_triggered(
-                token,
-                connection,
-                false,
-                &mut self.read_buffer,
-                &mut self.output_pool,
-                &mut self.workers,
-                self.config,
-            );
+            let served = serve_edge_triggered(token, connection, false, &mut self.context);
             self.after_turn(token, served);
         }
     }
@@ -470,7 +461,8 @@ impl Server {
                 {
                     idle.on_activity(token.index() as usize, Instant::now());
                 }
-                if connection.has_unread_input(self.config.max_pending) && !connection.on_ready_list
+                if connection.has_unread_input(self.context.config.max_pending)
+                    && !connection.on_ready_list
                 {
                     connection.on_ready_list = true;
                     self.ready_list.push_back(token);
@@ -488,7 +480,7 @@ impl Server {
         // its socket, which also removes it from epoll's interest list: no
         // EPOLL_CTL_DEL needed. Its chunks go back to the pool first.
         if let Some(mut connection) = self.connections.remove(token) {
-            connection.release(&mut self.output_pool);
+            connection.release(&mut self.context.output_pool);
             // Only for a live token: a stale one must not disarm the timer
             // of whoever holds the slot now.
             if let Some(idle) = &mut self.idle {
@@ -621,11 +613,14 @@ fn serve_edge_triggered(
     token: Token,
     connection: &mut Connection,
     writable: bool,
-    read_buffer: &mut [u8],
-    output_pool: &mut BufferPool,
-    workers: &mut Workers,
-    config: Config,
+    context: &mut Context,
 ) -> io::Result<()> {
+    let Context {
+        read_buffer,
+        output_pool,
+        workers,
+        config,
+    } = context;
     if writable && !connection.pending_output.is_empty() {
         connection.flush(output_pool)?;
     }

@@ -140,34 +140,48 @@ pub struct Server {
     /// while the job queue was full, oldest first. Edge-triggered epoll will
     /// not report them again, so this list is what remembers them.
     ready_list: VecDeque<Token>,
-    /// One read buffer shared by all connections: data only stays in it
-    /// between a `read` and the copy into pooled chunks for the job.
-    read_buffer: Box<[u8]>,
-    /// Output chunks, lent to a connection from the read whose echo it owes
-    /// until the write that sends it. Only this thread touches it.
-    output_pool: BufferPool,
+    /// What every connection's turn borrows besides the connection: the
+    /// read buffer, the output pool, the workers, the config and (new in
+    /// this chapter) the shared-memory counters.
+    context: Context,
     /// Held in reserve for EMFILE (see `accept_new_connections`).
     spare_descriptor: Option<Fd>,
     /// Set while accepting is paused after an accept error we could not shed.
     accept_paused_until: Option<Instant>,
     /// Whether we already said we are out of descriptors (say it once).
     out_of_descriptors_reported: bool,
-    /// The pool that runs `--work-us`, and the way its results come back.
-    workers: Workers,
     /// Where finished jobs are swapped in; kept to reuse its capacity.
     completed: Vec<Completed>,
     /// Every connection's idle deadline, by slab slot (`--idle-timeout`).
     idle: Option<IdleTimeouts>,
     /// Where expired slots are collected; kept to reuse its capacity.
     expired: Vec<usize>,
-    config: Config,
-    /// This reactor's slot in the shared memory the supervisor reads; this
-    /// thread is its only writer.
-    stats: &'static ReactorStats,
     /// Set on stop: until then connections still owed echo may take it.
     draining_until: Option<Instant>,
 }
 // ANCHOR_END: server
+
+// ANCHOR: context
+/// What a connection's turn borrows from the loop besides the connection
+/// itself. It is a struct of its own so that a turn can hold one connection
+/// (borrowed from the slab) and all of these at once: two fields of the
+/// server, borrowed side by side.
+struct Context {
+    /// One read buffer shared by all connections: data only stays in it
+    /// between a `read` and the copy into pooled chunks for the job.
+    read_buffer: Box<[u8]>,
+    /// Output chunks, lent to a connection from the read whose echo it owes
+    /// until the write that sends it. Only this thread touches it.
+    output_pool: BufferPool,
+    /// The pool that runs `--work-us`, and the way its results come back.
+    workers: Workers,
+    /// The flags that shape every turn.
+    config: Config,
+    /// This reactor's slot in the shared memory the supervisor reads; this
+    /// thread is its only writer.
+    stats: &'static ReactorStats,
+}
+// ANCHOR_END: context
 
 impl Server {
     /// Sets up a reactor; call it on the reactor's own thread (after pinning
@@ -202,19 +216,21 @@ impl Server {
             stop,
             connections: Slab::with_capacity(INITIAL_CONNECTIONS),
             ready_list: VecDeque::new(),
-            read_buffer: vec![0; READ_CHUNK].into_boxed_slice(),
-            output_pool: BufferPool::new(),
+            context: Context {
+                read_buffer: vec![0; READ_CHUNK].into_boxed_slice(),
+                output_pool: BufferPool::new(),
+                workers,
+                config,
+                stats,
+            },
             spare_descriptor: Some(sys::open_spare_descriptor()?),
             accept_paused_until: None,
             out_of_descriptors_reported: false,
-            workers,
             completed: Vec::new(),
             idle: config
                 .idle_timeout
                 .map(|timeout| IdleTimeouts::new(timeout, Instant::now())),
             expired: Vec::new(),
-            config,
-            stats,
             draining_until: None,
         })
     }
@@ -225,7 +241,7 @@ impl Server {
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(EVENTS_PER_WAIT);
         loop {
-            let timeout = if self.ready_list.is_empty() || !self.workers.has_room() {
+            let timeout = if self.ready_list.is_empty() || !self.context.workers.has_room() {
                 // (With the job queue full, the ready list must wait for a
                 // result to free a place, and a result wakes us anyway.)
                 // Sleep until the first idle deadline or the end of an
@@ -255,7 +271,7 @@ impl Server {
             // From here to the next epoll_wait is one iteration: how long
             // this wake-up kept the loop (and every client on it) busy.
             let woke = Instant::now();
-            bump(&self.stats.wakeups, 1);
+            bump(&self.context.stats.wakeups, 1);
             for event in events.iter() {
                 let token = Token::from_epoll_data(event.token());
                 if token == LISTENER {
@@ -280,7 +296,7 @@ impl Server {
             }
             self.resume_accepting_if_due()?;
             self.publish_counts();
-            self.stats.record_iteration(woke.elapsed());
+            self.context.stats.record_iteration(woke.elapsed());
         }
     }
 
@@ -320,9 +336,12 @@ impl Server {
                     owed += connection.pending_output.len();
                 }
             }
-            bump(&self.stats.closed, self.connections.len() as u64);
-            bump(&self.stats.shutdown_dropped, self.connections.len() as u64);
-            bump(&self.stats.shutdown_dropped_bytes, owed as u64);
+            bump(&self.context.stats.closed, self.connections.len() as u64);
+            bump(
+                &self.context.stats.shutdown_dropped,
+                self.connections.len() as u64,
+            );
+            bump(&self.context.stats.shutdown_dropped_bytes, owed as u64);
         }
         self.publish_counts();
     }
@@ -335,7 +354,7 @@ impl Server {
     /// whenever it likes.
     fn publish_counts(&self) {
         let calls = sys::counts();
-        let stats = self.stats;
+        let stats = self.context.stats;
         let timer_ops = self
             .idle
             .as_ref()
@@ -346,9 +365,9 @@ impl Server {
             (&stats.read_calls, calls.read),
             (&stats.write_calls, calls.write),
             (&stats.accept_calls, calls.accept),
-            (&stats.jobs, self.workers.stats().jobs),
-            (&stats.inline, self.workers.stats().inline),
-            (&stats.pool_misses, self.output_pool.stats().misses),
+            (&stats.jobs, self.context.workers.stats().jobs),
+            (&stats.inline, self.context.workers.stats().inline),
+            (&stats.pool_misses, self.context.output_pool.stats().misses),
             (&stats.timer_ops, timer_ops),
         ] {
             counter.store(value, Ordering::Relaxed);
@@ -385,7 +404,7 @@ impl Server {
                 continue;
             }
             self.close(token);
-            bump(&self.stats.reaped, 1);
+            bump(&self.context.stats.reaped, 1);
         }
         self.expired = expired;
     }
@@ -412,16 +431,7 @@ impl Server {
                 connection.peer_sent_fin = true;
             }
             let writable = event.is_writable() || event.is_hangup();
-            serve_edge_triggered(
-                token,
-                connection,
-                writable,
-                &mut self.read_buffer,
-                &mut self.output_pool,
-                &mut self.workers,
-                self.config,
-                self.stats,
-            )
+            serve_edge_triggered(token, connection, writable, &mut self.context)
         };
         self.after_turn(token, served);
     }
@@ -434,31 +444,22 @@ impl Server {
     /// job was out).
     fn apply_completed(&mut self) -> io::Result<()> {
         let mut completed = std::mem::take(&mut self.completed);
-        self.workers.take_completed(&mut completed)?;
+        self.context.workers.take_completed(&mut completed)?;
         for done in completed.drain(..) {
             let Some(connection) = self.connections.get_mut(done.connection) else {
                 // Closed while its job ran (a reset, say); its slot may
                 // already hold someone else. Its chunks go back to the pool.
                 let mut orphaned = done.data;
-                orphaned.release(&mut self.output_pool);
+                orphaned.release(&mut self.context.output_pool);
                 continue;
             };
             connection.job_in_flight = false;
-            let stats = self.stats;
+            let stats = self.context.stats;
             let served = connection
-                .echo(done.data, &mut self.output_pool)
+                .echo(done.data, &mut self.context.output_pool)
                 .and_then(|sent| {
                     bump(&stats.bytes_sent, sent as u64);
-                    serve_edge_triggered(
-                        done.connection,
-                        connection,
-                        false,
-                        &mut self.read_buffer,
-                        &mut self.output_pool,
-                        &mut self.workers,
-                        self.config,
-                        stats,
-                    )
+                    serve_edge_triggered(done.connection, connection, false, &mut self.context)
                 });
             self.after_turn(done.connection, served);
         }
@@ -474,7 +475,7 @@ impl Server {
     /// queue is full the rest wait: every turn would only find it full.
     fn serve_ready_list(&mut self) {
         for _ in 0..self.ready_list.len() {
-            if !self.workers.has_room() {
+            if !self.context.workers.has_room() {
                 break;
             }
             let Some(token) = self.ready_list.pop_front() else {
@@ -484,16 +485,7 @@ impl Server {
                 continue; // closed while it waited
             };
             connection.on_ready_list = false;
-            let served = serve_edge_triggered(
-                token,
-                connection,
-                false,
-                &mut self.read_buffer,
-                &mut self.output_pool,
-                &mut self.workers,
-                self.config,
-                self.stats,
-            );
+            let served = serve_edge_triggered(token, connection, false, &mut self.context);
             self.after_turn(token, served);
         }
     }
@@ -513,11 +505,12 @@ impl Server {
                 {
                     idle.on_activity(token.index() as usize, Instant::now());
                 }
-                if connection.has_unread_input(self.config.max_pending) && !connection.on_ready_list
+                if connection.has_unread_input(self.context.config.max_pending)
+                    && !connection.on_ready_list
                 {
                     connection.on_ready_list = true;
                     self.ready_list.push_back(token);
-                    bump(&self.stats.requeued, 1);
+                    bump(&self.context.stats.requeued, 1);
                 }
             }
             Err(_) => self.close(token),
@@ -531,8 +524,8 @@ impl Server {
         // its socket, which also removes it from epoll's interest list: no
         // EPOLL_CTL_DEL needed. Its chunks go back to the pool first.
         if let Some(mut connection) = self.connections.remove(token) {
-            connection.release(&mut self.output_pool);
-            bump(&self.stats.closed, 1);
+            connection.release(&mut self.context.output_pool);
+            bump(&self.context.stats.closed, 1);
             // Only for a live token: a stale one must not disarm the timer
             // of whoever holds the slot now.
             if let Some(idle) = &mut self.idle {
@@ -557,7 +550,9 @@ impl Server {
             }
             // The pool's idle chunks are the biggest part: up to its cap
             // of 16 KiB chunks per reactor, left by the last burst.
-            self.output_pool.release_idle(IDLE_CHUNKS_AFTER_A_CROWD);
+            self.context
+                .output_pool
+                .release_idle(IDLE_CHUNKS_AFTER_A_CROWD);
             if self.ready_list.is_empty() {
                 self.ready_list.shrink_to_fit();
             }
@@ -593,7 +588,7 @@ impl Server {
                     let shed = self.listener.accept().map(drop);
                     self.spare_descriptor = sys::open_spare_descriptor().ok();
                     match shed {
-                        Ok(()) => bump(&self.stats.shed, 1),
+                        Ok(()) => bump(&self.context.stats.shed, 1),
                         // Linux reports EMFILE before it looks at the queue,
                         // so the queue may have been empty all along.
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -633,7 +628,7 @@ impl Server {
         if let Some(idle) = &mut self.idle {
             idle.on_accept(token.index() as usize, Instant::now());
         }
-        bump(&self.stats.accepted, 1);
+        bump(&self.context.stats.accepted, 1);
         self.out_of_descriptors_reported = false;
     }
     // ANCHOR_END: accept
@@ -687,20 +682,19 @@ impl Server {
 /// until that job's result is back (so a later, cheap read can never
 /// overtake it). Whatever is left unread is recorded in `unread_input`,
 /// because epoll will not report it again.
-// Eight arguments: disjoint borrows of the reactor's fields (plus the
-// connection), passed one by one so the borrow checker can see they do not
-// overlap; chapter 08 added the counters slot.
-#[allow(clippy::too_many_arguments)]
 fn serve_edge_triggered(
     token: Token,
     connection: &mut Connection,
     writable: bool,
-    read_buffer: &mut [u8],
-    output_pool: &mut BufferPool,
-    workers: &mut Workers,
-    config: Config,
-    stats: &ReactorStats,
+    context: &mut Context,
 ) -> io::Result<()> {
+    let Context {
+        read_buffer,
+        output_pool,
+        workers,
+        config,
+        stats,
+    } = context;
     if writable && !connection.pending_output.is_empty() {
         let sent = connection.flush(output_pool)?;
         bump(&stats.bytes_sent, sent as u64);
