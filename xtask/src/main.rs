@@ -8,6 +8,7 @@
 //! - `results`   measure every server and write the book's results page
 //! - `doctor`    check (and with --apply raise) the host limits for a million connections
 //! - `million`   hold a million connections with chapter 08's server, measure, report
+//! - `neighbours` the table of diff sizes between neighbouring chapters
 //! - `profile`   perf profiles of servers at several connection counts, for the book
 
 mod book;
@@ -16,6 +17,7 @@ mod demo;
 mod doctor;
 mod exercise;
 mod million;
+mod neighbours;
 mod procfs;
 mod profile;
 mod results;
@@ -49,6 +51,8 @@ enum Command {
     Doctor(doctor::DoctorArgs),
     /// Hold a million connections with chapter 08's server: doctor, ramp, measure, tear down, report.
     Million(million::MillionArgs),
+    /// Write (or --check) the table of diff sizes between neighbouring chapters.
+    Neighbours(neighbours::NeighboursArgs),
     /// Profile servers with perf at several connection counts; writes book/src/generated/profile.md.
     Profile(profile::ProfileArgs),
 }
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
         Command::Doctor(args) => doctor::run(&args),
         Command::Million(args) => million::run(&args),
         Command::Profile(args) => profile::run(&args),
+        Command::Neighbours(args) => neighbours::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
