@@ -56,7 +56,14 @@ mod tests {
     fn user_data_round_trips_op_and_token() {
         let mut slab = Slab::new();
         let token = slab.insert(7);
-        for op in [Op::Accept, Op::Recv, Op::Send, Op::Cancel, Op::Stop, Op::Waker] {
+        for op in [
+            Op::Accept,
+            Op::Recv,
+            Op::Send,
+            Op::Cancel,
+            Op::Stop,
+            Op::Waker,
+        ] {
             assert_eq!(decode(user_data(op, token)), Some((op, token)));
         }
         assert_eq!(decode(0), None);
@@ -72,7 +79,10 @@ mod tests {
         let new = slab.insert("second client");
         assert_eq!(new.index(), old.index());
         let (_, token) = decode(in_flight).expect("one of ours");
-        assert!(slab.get_mut(token).is_none(), "stale completion must not reach the new client");
+        assert!(
+            slab.get_mut(token).is_none(),
+            "stale completion must not reach the new client"
+        );
         assert_eq!(slab.get_mut(new), Some(&mut "second client"));
     }
 

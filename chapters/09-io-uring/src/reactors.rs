@@ -14,7 +14,6 @@ use std::thread::{self, JoinHandle};
 use crate::server::{Config, Server, Totals};
 use crate::sys::{self, EventFd, Listener};
 
-
 /// What main knows about a running reactor, for the start-up lines.
 #[derive(Clone, Copy, Debug)]
 pub struct ReactorInfo {

@@ -111,7 +111,9 @@ impl Ring {
             Ok(ring) => ring,
             // A kernel older than 6.1 does not know DEFER_TASKRUN: plain.
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) && sqpoll.is_none() => {
-                IoUring::builder().setup_cqsize(entries * 4).build(entries)?
+                IoUring::builder()
+                    .setup_cqsize(entries * 4)
+                    .build(entries)?
             }
             Err(e) => return Err(e),
         };
@@ -247,7 +249,12 @@ impl Ring {
             0
         };
         match self.enter(want, timeout) {
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
                 Ok(())
             }
             other => other,
@@ -345,11 +352,9 @@ impl BufRing {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         }
         let page = 4096;
-        let entries_layout = Layout::from_size_align(
-            usize::from(count) * size_of::<BufRingEntry>(),
-            page,
-        )
-        .map_err(io::Error::other)?;
+        let entries_layout =
+            Layout::from_size_align(usize::from(count) * size_of::<BufRingEntry>(), page)
+                .map_err(io::Error::other)?;
         let memory_layout = Layout::from_size_align(usize::from(count) * size as usize, page)
             .map_err(io::Error::other)?;
         // SAFETY: both layouts have a non-zero size (count >= 1, size >= 1).
@@ -373,8 +378,12 @@ impl BufRing {
         // `count` entries long, and it lives as long as the `BufRing`,
         // which the caller keeps for as long as the ring (see `Drop`).
         unsafe {
-            ring.submitter()
-                .register_buf_ring_with_flags(entries.as_ptr() as u64, count, group, 0)?;
+            ring.submitter().register_buf_ring_with_flags(
+                entries.as_ptr() as u64,
+                count,
+                group,
+                0,
+            )?;
         }
         for id in 0..count {
             buf_ring.recycle(id);
@@ -405,7 +414,11 @@ impl BufRing {
         // this one is past it until `publish`.
         let entry = unsafe { &mut *self.entries.as_ptr().add(index) };
         // SAFETY: `id` < count, so the address is inside `memory`.
-        let address = unsafe { self.memory.as_ptr().add(usize::from(id) * self.size as usize) };
+        let address = unsafe {
+            self.memory
+                .as_ptr()
+                .add(usize::from(id) * self.size as usize)
+        };
         entry.set_addr(address as u64);
         entry.set_len(self.size);
         entry.set_bid(id);
@@ -418,7 +431,8 @@ impl BufRing {
         // SAFETY: `entries` is the first entry of the registered ring, so
         // its `resv` field is the ring's tail, a u16 the kernel reads
         // atomically; it is aligned and lives as long as `self`.
-        let tail = unsafe { AtomicU16::from_ptr(BufRingEntry::tail(self.entries.as_ptr()).cast_mut()) };
+        let tail =
+            unsafe { AtomicU16::from_ptr(BufRingEntry::tail(self.entries.as_ptr()).cast_mut()) };
         tail.store(self.tail, Ordering::Release);
     }
 }

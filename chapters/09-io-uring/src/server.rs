@@ -20,7 +20,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::connection::{Connection, Recv};
+use crate::connection::{Connection, Output, Recv};
 use crate::idle::IdleTimeouts;
 use crate::op::{self, Op};
 use crate::ring::{BufRing, Completion, Ring, RingStats};
@@ -225,10 +225,8 @@ impl Server {
         self.arm_accept()?;
         self.ring
             .poll_readable(self.stop.raw_fd(), op::user_data(Op::Stop, RESERVED))?;
-        self.ring.poll_readable(
-            self.workers.waker_fd(),
-            op::user_data(Op::Waker, RESERVED),
-        )?;
+        self.ring
+            .poll_readable(self.workers.waker_fd(), op::user_data(Op::Waker, RESERVED))?;
         loop {
             // The wheel is driven by the wait's timeout: one deadline for
             // the whole wheel, no ring timeout per connection.
@@ -286,10 +284,8 @@ impl Server {
             Op::Stop => return Ok(true),
             Op::Waker => {
                 self.apply_completed()?;
-                self.ring.poll_readable(
-                    self.workers.waker_fd(),
-                    op::user_data(Op::Waker, RESERVED),
-                )?;
+                self.ring
+                    .poll_readable(self.workers.waker_fd(), op::user_data(Op::Waker, RESERVED))?;
             }
         }
         Ok(false)
@@ -331,7 +327,8 @@ impl Server {
                 if let Some(idle) = &mut self.idle {
                     idle.on_activity(token.index() as usize, self.now);
                 }
-                if connection.recv == Recv::Armed && !connection.wants_input(self.config.max_pending)
+                if connection.recv == Recv::Armed
+                    && !connection.wants_input(self.config.max_pending)
                 {
                     // Back-pressure: this client owes too much unread echo.
                     // Stop receiving until it reads; bytes it sends wait in
@@ -594,12 +591,13 @@ impl Server {
             .connections
             .get_mut(token)
             .is_some_and(|c| c.closing && c.kernel_is_done());
-        if done && let Some(connection) = self.connections.remove(token) {
-            if let Some(output) = connection.output {
-                let Output { held, queued, .. } = *output;
-                give_back_vec(&mut self.spare_vecs, held);
-                give_back_vec(&mut self.spare_vecs, queued);
-            }
+        if done
+            && let Some(connection) = self.connections.remove(token)
+            && let Some(output) = connection.output
+        {
+            let Output { held, queued, .. } = *output;
+            give_back_vec(&mut self.spare_vecs, held);
+            give_back_vec(&mut self.spare_vecs, queued);
         }
     }
     // ANCHOR_END: close
@@ -641,10 +639,8 @@ impl Server {
 
     // ANCHOR: accept
     fn arm_accept(&mut self) -> io::Result<()> {
-        self.ring.accept_multishot(
-            self.listener.raw_fd(),
-            op::user_data(Op::Accept, RESERVED),
-        )?;
+        self.ring
+            .accept_multishot(self.listener.raw_fd(), op::user_data(Op::Accept, RESERVED))?;
         self.accept_armed = true;
         Ok(())
     }
@@ -737,8 +733,6 @@ impl Server {
     }
     // ANCHOR_END: accept
 }
-
-use crate::connection::Output;
 
 // ANCHOR: take_input
 /// Bytes received for `token`: work on them (inline or on the pool) and

@@ -6,6 +6,13 @@
 
 loadgen::conformance_tests!(
     env!("CARGO_BIN_EXE_ch09-io-uring"),
-    ["--threads", "1", "--recv-buffers", "2", "--recv-buffer-size", "64"],
+    [
+        "--threads",
+        "1",
+        "--recv-buffers",
+        "2",
+        "--recv-buffer-size",
+        "64"
+    ],
     idle_timeout = "0.5"
 );
