@@ -108,13 +108,16 @@ impl Connection {
         self.output.get_or_insert_with(Box::default)
     }
 
-    /// Drops the output box once it is empty again, so an idle connection
-    /// goes back to owning nothing but its slab entry.
-    pub fn shrink_if_idle(&mut self) {
+    /// Takes the output box away once it is empty again, so an idle
+    /// connection goes back to owning nothing but its slab entry. The
+    /// server keeps the box for the next connection that needs one.
+    pub fn take_output_if_idle(&mut self) -> Option<Box<Output>> {
         if self.output.as_ref().is_some_and(|output| {
             output.is_empty() && output.held.capacity() == 0 && output.queued.capacity() == 0
         }) {
-            self.output = None;
+            self.output.take()
+        } else {
+            None
         }
     }
 

@@ -162,6 +162,10 @@ pub struct Server {
     to_flush: Vec<Token>,
     /// Empty `Vec`s with capacity, for echo bytes and jobs.
     spare_vecs: Vec<Vec<u8>>,
+    /// Empty output boxes, for connections that start owing bytes. (Boxes,
+    /// not `Output`s: reusing the heap blocks themselves is the point.)
+    #[allow(clippy::vec_box)]
+    spare_outputs: Vec<Box<Output>>,
     accept_armed: bool,
     /// Held in reserve for EMFILE (see `on_accept_error`).
     spare_descriptor: Option<Fd>,
@@ -202,6 +206,7 @@ impl Server {
             to_rearm: Vec::new(),
             to_flush: Vec::new(),
             spare_vecs: Vec::new(),
+            spare_outputs: Vec::new(),
             accept_armed: false,
             spare_descriptor: Some(sys::open_spare_descriptor()?),
             accept_paused_until: None,
@@ -312,6 +317,9 @@ impl Server {
         }
         match (completion.result, buffer_id) {
             (n @ 1.., Some(id)) => {
+                if connection.output.is_none() {
+                    connection.output = self.spare_outputs.pop();
+                }
                 let data = self.buffers.buffer(id, n.unsigned_abs() as usize);
                 take_input(
                     token,
@@ -427,8 +435,10 @@ impl Server {
         if let Some(connection) = self.connections.get_mut(token)
             && !connection.send_in_flight
             && !connection.job_in_flight
+            && let Some(output) = connection.take_output_if_idle()
+            && self.spare_outputs.len() < MAX_SPARE_VECS
         {
-            connection.shrink_if_idle();
+            self.spare_outputs.push(output);
         }
         Ok(())
     }
