@@ -111,9 +111,12 @@ struct Args {
     ring_entries: u32,
 
     /// Receive buffers in each reactor's provided buffer ring (a power of
-    /// two, at most 32768). When all are in use, receives end with ENOBUFS
-    /// and are re-armed once buffers come back.
-    #[arg(long, default_value_t = 1024, value_parser = parse_power_of_two::<32768>)]
+    /// two, at most 32768). Size it for one turn's receives, not for the
+    /// connections: buffers come back within the turn that used them. When
+    /// all are in use, receives end with ENOBUFS and are re-armed once
+    /// buffers come back. More buffers than needed cost cache and TLB
+    /// misses: the ring hands them out in rotation.
+    #[arg(long, default_value_t = 256, value_parser = parse_power_of_two::<32768>)]
     recv_buffers: u32,
 
     /// Bytes per receive buffer: the most one receive completion carries.
