@@ -15,6 +15,7 @@
 //! - [`probe`]: is io_uring usable here at all, and if not, why.
 
 use std::alloc::{self, Layout};
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::RawFd;
 use std::ptr::NonNull;
@@ -79,10 +80,12 @@ impl std::ops::AddAssign for RingStats {
 // ANCHOR: ring
 pub struct Ring {
     ring: IoUring,
-    /// The buffer of each send the kernel may still be reading, by
-    /// connection slot (one send per connection at a time), with the offset
-    /// the send started at. Moved in by `send`, moved out by `finish_send`.
-    sends_in_flight: Vec<Option<(Vec<u8>, usize)>>,
+    /// The buffer of each send the kernel may still be reading, by the
+    /// send's user data, with the offset the send started at. Moved in by
+    /// `send`, moved out by `finish_send`. A map, not a `Vec` indexed by
+    /// slot: it holds the sends in flight, so an idle connection costs it
+    /// nothing.
+    sends_in_flight: HashMap<u64, (Vec<u8>, usize)>,
     sqpoll: bool,
     stats: RingStats,
 }
@@ -119,7 +122,7 @@ impl Ring {
         };
         Ok(Ring {
             ring,
-            sends_in_flight: Vec::new(),
+            sends_in_flight: HashMap::new(),
             sqpoll: sqpoll.is_some(),
             stats: RingStats::default(),
         })
@@ -175,20 +178,16 @@ impl Ring {
 
     // ANCHOR: send
     /// Sends `buffer[offset..]` on `socket`. The buffer moves into the ring
-    /// and stays there, untouchable, until the completion for `slot` is
-    /// reaped and [`Ring::finish_send`] hands it back. At most one send per
-    /// slot may be in flight.
+    /// and stays there, untouchable, until the send's completion is reaped
+    /// and [`Ring::finish_send`] hands it back. At most one send per
+    /// `user_data` may be in flight.
     pub fn send(
         &mut self,
         socket: RawFd,
-        slot: usize,
         buffer: Vec<u8>,
         offset: usize,
         user_data: u64,
     ) -> io::Result<()> {
-        if self.sends_in_flight.len() <= slot {
-            self.sends_in_flight.resize_with(slot + 1, || None);
-        }
         let unsent = &buffer[offset..];
         let len = u32::try_from(unsent.len()).unwrap_or(u32::MAX);
         let entry = opcode::Send::new(Fd(socket), unsent.as_ptr(), len)
@@ -197,20 +196,20 @@ impl Ring {
             .user_data(user_data);
         // The heap block a `Vec` points to does not move when the `Vec`
         // itself moves, so the pointer in `entry` stays valid here.
-        let previous = self.sends_in_flight[slot].replace((buffer, offset));
-        assert!(previous.is_none(), "two sends in flight for slot {slot}");
+        let previous = self.sends_in_flight.insert(user_data, (buffer, offset));
+        assert!(previous.is_none(), "two sends in flight as {user_data:#x}");
         // SAFETY: the entry points into the buffer now owned by
-        // `sends_in_flight[slot]`, which only `finish_send` (after the
+        // `sends_in_flight`, which only `finish_send` (after the
         // send's completion) takes out. If the ring is dropped with sends
         // still in flight, `Drop` leaks their buffers instead of freeing
         // them.
         unsafe { self.push(&entry) }
     }
 
-    /// The buffer of `slot`'s send and the offset it started at, once its
-    /// completion has been reaped.
-    pub fn finish_send(&mut self, slot: usize) -> Option<(Vec<u8>, usize)> {
-        self.sends_in_flight.get_mut(slot)?.take()
+    /// The buffer of the send submitted as `user_data` and the offset it
+    /// started at, once its completion has been reaped.
+    pub fn finish_send(&mut self, user_data: u64) -> Option<(Vec<u8>, usize)> {
+        self.sends_in_flight.remove(&user_data)
     }
     // ANCHOR_END: send
 
@@ -313,7 +312,7 @@ impl Drop for Ring {
         // that asynchronously, after `close` returns: a send it has not yet
         // let go of must not be freed under it. Leak those (a few, once, as
         // the reactor stops).
-        for send in self.sends_in_flight.drain(..).flatten() {
+        for send in self.sends_in_flight.drain() {
             std::mem::forget(send);
         }
     }

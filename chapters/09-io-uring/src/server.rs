@@ -374,14 +374,14 @@ impl Server {
     fn on_send(&mut self, token: Token, completion: Completion) -> io::Result<()> {
         let slot = token.index() as usize;
         // The kernel is done with the buffer: it is ours again.
-        let finished = self.ring.finish_send(slot);
+        let finished = self.ring.finish_send(completion.user_data);
         let Some(connection) = self.connections.get_mut(token) else {
             self.totals.stale_completions += 1;
             return Ok(());
         };
         connection.send_in_flight = false;
         let Some((mut buffer, offset)) = finished else {
-            return Ok(()); // cannot happen: one send in flight per slot
+            return Ok(()); // cannot happen: every send's buffer is in the ring
         };
         if completion.result < 0 {
             // EPIPE, ECONNRESET (the client is gone) or ECANCELED (we are
@@ -401,13 +401,8 @@ impl Server {
             // of the same buffer; the bytes queued behind it wait.
             self.totals.short_sends += 1;
             let fd = connection.socket.raw_fd();
-            self.ring.send(
-                fd,
-                slot,
-                buffer,
-                offset + sent,
-                op::user_data(Op::Send, token),
-            )?;
+            self.ring
+                .send(fd, buffer, offset + sent, op::user_data(Op::Send, token))?;
             connection.send_in_flight = true;
         } else {
             buffer.clear();
@@ -546,13 +541,8 @@ impl Server {
         output.sending = buffer.len();
         // The buffer moves into the ring: until its completion, nothing
         // here can touch it.
-        self.ring.send(
-            fd,
-            token.index() as usize,
-            buffer,
-            0,
-            op::user_data(Op::Send, token),
-        )?;
+        self.ring
+            .send(fd, buffer, 0, op::user_data(Op::Send, token))?;
         connection.send_in_flight = true;
         Ok(())
     }
