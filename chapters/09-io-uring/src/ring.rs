@@ -47,6 +47,20 @@ impl Completion {
     pub fn buffer_id(&self) -> Option<u16> {
         cqueue::buffer_select(self.flags)
     }
+
+    /// A completion as the kernel would post it, for unit tests: flags
+    /// `IORING_CQE_F_BUFFER` (1) with the buffer id in the high 16 bits,
+    /// and `IORING_CQE_F_MORE` (2).
+    #[cfg(test)]
+    pub fn for_test(user_data: u64, result: i32, buffer_id: Option<u16>, more: bool) -> Completion {
+        let buffer = buffer_id.map_or(0, |id| 1 | u32::from(id) << 16);
+        let more = if more { 2 } else { 0 };
+        Completion {
+            user_data,
+            result,
+            flags: buffer | more,
+        }
+    }
 }
 
 /// What the ring did, for the summary line.
@@ -422,6 +436,13 @@ impl BufRing {
         entry.set_len(self.size);
         entry.set_bid(id);
         self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// How many buffers have been offered so far (wrapping): each
+    /// `recycle` adds one.
+    #[cfg(test)]
+    pub fn offered(&self) -> u16 {
+        self.tail
     }
 
     /// Makes every recycled buffer visible to the kernel: one release store

@@ -830,3 +830,95 @@ fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
         (a, b) => a.or(b),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{IntoRawFd, OwnedFd};
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    fn test_server() -> Server {
+        let addr = "127.0.0.1:0".parse().expect("an address");
+        let listener = Arc::new(Listener::bind(addr, 16, false).expect("bind"));
+        let stop = Arc::new(EventFd::new().expect("eventfd"));
+        let config = Config {
+            work_per_newline: Duration::ZERO,
+            offload: Offload::Auto,
+            offload_above: Duration::from_micros(10),
+            max_pending: 256 * 1024,
+            workers: 1,
+            pool: PoolKind::Hand,
+            queue_depth: 16,
+            idle_timeout: None,
+            ring_entries: 64,
+            recv_buffers: 8,
+            recv_buffer_size: 64,
+            sqpoll: None,
+        };
+        Server::new(listener, stop, config).expect("io_uring is available")
+    }
+
+    fn a_connection() -> (Connection, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().expect("socketpair");
+        let fd = OwnedFd::from(ours).into_raw_fd();
+        (Connection::new(Socket::from_accepted(fd)), theirs)
+    }
+
+    // ANCHOR: stale_completion_test
+    #[test]
+    fn a_receive_for_a_closed_connection_is_ignored_and_its_buffer_recycled() {
+        let mut server = test_server();
+        let (first, _peer) = a_connection();
+        let closed = server.connections.insert(first);
+        server.connections.remove(closed);
+        // The next client gets the same slot, with a newer generation.
+        let (second, _peer2) = a_connection();
+        let newcomer = server.connections.insert(second);
+        assert_eq!(newcomer.index(), closed.index());
+
+        // Data the kernel received for the closed connection, in buffer 3.
+        let offered = server.buffers.offered();
+        let late = Completion::for_test(op::user_data(Op::Recv, closed), 5, Some(3), true);
+        server.on_recv(closed, late).expect("no ring error");
+
+        assert_eq!(server.totals.stale_completions, 1);
+        assert_eq!(
+            server.buffers.offered(),
+            offered.wrapping_add(1),
+            "the buffer goes back to the ring even though nobody wants its bytes"
+        );
+        let newcomer = server.connections.get_mut(newcomer).expect("still open");
+        assert_eq!(
+            newcomer.owed(),
+            0,
+            "the stale bytes must not reach the new client"
+        );
+    }
+    // ANCHOR_END: stale_completion_test
+
+    #[test]
+    fn a_closing_connection_is_released_only_when_the_kernel_lets_go() {
+        let mut server = test_server();
+        let (connection, _peer) = a_connection();
+        let token = server.connections.insert(connection);
+        if let Some(connection) = server.connections.get_mut(token) {
+            connection.recv = Recv::Armed;
+        }
+        server.close(token).expect("cancel queued");
+        let connection = server.connections.get_mut(token).expect("kept while armed");
+        assert!(connection.closing);
+        assert_eq!(connection.recv, Recv::Cancelling);
+
+        // The cancelled receive's last completion: now it can go.
+        let cancelled = Completion::for_test(
+            op::user_data(Op::Recv, token),
+            -libc::ECANCELED,
+            None,
+            false,
+        );
+        server.on_recv(token, cancelled).expect("no ring error");
+        assert!(server.connections.get_mut(token).is_none(), "released");
+        assert_eq!(server.totals.stale_completions, 0);
+    }
+}
