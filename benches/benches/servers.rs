@@ -23,9 +23,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use c1m_benches::{
-    CONNECTION_COUNTS, CorePlan, MESSAGE_SIZE, SERVERS, Server, WORK_CONNECTIONS, WORK_US,
-};
+use c1m_benches::{CONNECTION_COUNTS, CorePlan, MESSAGE_SIZE, Server, WORK_CONNECTIONS, WORK_US};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput};
 use loadgen::echo::{EchoConfig, RunLength};
@@ -66,9 +64,11 @@ fn main() -> ExitCode {
 
     let plan = Plan { quick };
     let mut criterion = plan.configure(Criterion::default()).configure_from_args();
-    for server in SERVERS {
+    for server in c1m_benches::available() {
         bench_echo(&mut criterion, plan, server, &release_dir, cores);
-        bench_work(&mut criterion, plan, server, &release_dir, cores);
+        if server.does_work() {
+            bench_work(&mut criterion, plan, server, &release_dir, cores);
+        }
     }
     criterion.final_summary();
     ExitCode::SUCCESS

@@ -22,6 +22,10 @@ use loadgen::server::ServerProcess;
 pub enum Kind {
     Chapter,
     Baseline,
+    /// The smallest epoll loop that echoes: not a conformant server, a
+    /// ruler for how far the others are from the kernel's own cost. It does
+    /// no `--work-us`.
+    Floor,
 }
 
 impl Kind {
@@ -29,8 +33,19 @@ impl Kind {
         match self {
             Kind::Chapter => "chapter",
             Kind::Baseline => "baseline",
+            Kind::Floor => "floor",
         }
     }
+}
+
+/// Which toolchain builds a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Toolchain {
+    /// `cargo build --release -p NAME`: always there.
+    Cargo,
+    /// Go (`go-echo`): built by its crate's build.rs when Go is on PATH and
+    /// copied next to the others; skipped, with one line, when it is not.
+    Go,
 }
 
 /// One server binary that follows the echo contract.
@@ -41,6 +56,7 @@ pub struct Server {
     pub kind: Kind,
     /// Flags passed after `--addr 127.0.0.1:0` in every measurement.
     pub args: &'static [&'static str],
+    pub toolchain: Toolchain,
 }
 
 impl Server {
@@ -49,6 +65,7 @@ impl Server {
             name,
             kind: Kind::Chapter,
             args: &[],
+            toolchain: Toolchain::Cargo,
         }
     }
 
@@ -57,7 +74,32 @@ impl Server {
             name,
             kind: Kind::Baseline,
             args: &[],
+            toolchain: Toolchain::Cargo,
         }
+    }
+
+    /// A baseline written in Go (see `baselines/go-echo`).
+    pub const fn go_baseline(name: &'static str) -> Server {
+        Server {
+            name,
+            kind: Kind::Baseline,
+            args: &[],
+            toolchain: Toolchain::Go,
+        }
+    }
+
+    pub const fn floor(name: &'static str) -> Server {
+        Server {
+            name,
+            kind: Kind::Floor,
+            args: &[],
+            toolchain: Toolchain::Cargo,
+        }
+    }
+
+    /// Whether it takes `--work-us` (the floor does not).
+    pub fn does_work(&self) -> bool {
+        self.kind != Kind::Floor
     }
 
     /// The same server, always started with these extra flags.
@@ -105,12 +147,30 @@ pub const SERVERS: &[Server] = &[
     Server::chapter("ch09-io-uring"),
     Server::baseline("tokio-echo"),
     Server::baseline("mio-echo"),
+    // Built only where a Go toolchain is installed; skipped with one line elsewhere.
+    Server::go_baseline("go-echo"),
+    Server::floor("epoll-floor"),
 ];
 // ANCHOR_END: servers
 
 /// The server every other one is compared with, as a ratio measured in the
 /// same run: the echo server most Rust programmers would write.
 pub const REFERENCE: &str = "tokio-echo";
+
+/// The servers in [`SERVERS`] that can be measured here, in order: all of
+/// them, except a Go server where no Go toolchain was found at build time
+/// ([`build_release`] has said so, in one line). A missing Cargo binary is
+/// left in, so that running it fails loudly.
+pub fn available() -> Vec<&'static Server> {
+    SERVERS
+        .iter()
+        .filter(|server| server.toolchain == Toolchain::Cargo || go_echo::BINARY.is_some())
+        .collect()
+}
+
+/// The floor every server's CPU per message is also compared with: the
+/// kernel's own cost of an echo, with nothing of ours on top.
+pub const FLOOR: &str = "epoll-floor";
 
 /// Looks a server up by name in [`SERVERS`].
 pub fn server(name: &str) -> Option<&'static Server> {
@@ -122,6 +182,10 @@ pub fn server(name: &str) -> Option<&'static Server> {
 pub const CONNECTION_COUNTS: [usize; 4] = [1, 100, 1_000, 10_000];
 /// Bytes per echoed message, including its trailing newline.
 pub const MESSAGE_SIZE: usize = 64;
+/// Messages in flight per connection for the pipelined measurement, and
+/// how many connections it uses.
+pub const PIPELINE_DEPTH: usize = 16;
+pub const PIPELINE_CONNECTIONS: usize = 100;
 /// `--work-us` for the CPU-work measurement: microseconds of busy work per message.
 pub const WORK_US: u32 = 50;
 /// Connections for the CPU-work measurement.
@@ -201,7 +265,11 @@ pub fn build_release(extra: &[&str]) -> io::Result<PathBuf> {
     command
         .current_dir(workspace_root())
         .args(["build", "--release", "--quiet"]);
-    for package in SERVERS.iter().map(|s| s.name).chain(extra.iter().copied()) {
+    let cargo_built = SERVERS
+        .iter()
+        .filter(|s| s.toolchain == Toolchain::Cargo)
+        .map(|s| s.name);
+    for package in cargo_built.chain(extra.iter().copied()) {
         command.args(["-p", package]);
     }
     let status = command.status()?;
@@ -210,7 +278,25 @@ pub fn build_release(extra: &[&str]) -> io::Result<PathBuf> {
             "`cargo build --release` of the servers failed ({status})"
         )));
     }
-    Ok(release_dir())
+    let release_dir = release_dir();
+    install_go_servers(&release_dir)?;
+    Ok(release_dir)
+}
+
+/// Puts the Go servers' binaries (built by `go-echo`'s build.rs with the Go
+/// toolchain, which has no debug/release split) into `release_dir`, or
+/// says in one line that there is no Go toolchain. Whether they are there.
+pub fn install_go_servers(release_dir: &Path) -> io::Result<bool> {
+    match go_echo::install(release_dir)? {
+        Some(path) => {
+            eprintln!("go-echo: built with the Go toolchain, {}", path.display());
+            Ok(true)
+        }
+        None => {
+            eprintln!("{}", go_echo::NO_GO);
+            Ok(false)
+        }
+    }
 }
 
 /// Raises this process's descriptor limit to its hard limit so that it, and
@@ -233,6 +319,7 @@ mod tests {
             );
         }
         assert_eq!(server(REFERENCE).map(|s| s.kind), Some(Kind::Baseline));
+        assert_eq!(server(FLOOR).map(|s| s.kind), Some(Kind::Floor));
     }
 
     #[test]
@@ -245,7 +332,7 @@ mod tests {
                     let name = server.name.strip_prefix("ch").unwrap_or(server.name);
                     root.join("chapters").join(name)
                 }
-                Kind::Baseline => root.join("baselines").join(server.name),
+                Kind::Baseline | Kind::Floor => root.join("baselines").join(server.name),
             };
             let manifest = std::fs::read_to_string(dir.join("Cargo.toml"))
                 .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));

@@ -174,6 +174,12 @@ pub fn pinned_core(_pid: u32) -> Option<usize> {
 /// One core's cumulative time from `/proc/stat`, in clock ticks.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CoreTicks {
+    /// user + nice: time in processes' own code.
+    pub user: u64,
+    /// system: time in the kernel on processes' behalf (syscalls).
+    pub system: u64,
+    /// idle + iowait.
+    pub idle: u64,
     /// user + nice + system + irq + softirq.
     pub busy: u64,
     /// Time spent in softirq: on loopback, most of TCP's receive path. It
@@ -186,21 +192,42 @@ pub struct CoreTicks {
 
 /// Reads core `core`'s line of `/proc/stat` (Linux; `None` elsewhere).
 pub fn core_ticks(core: usize) -> Option<CoreTicks> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let prefix = format!("cpu{core} ");
-    let line = stat.lines().find(|l| l.starts_with(&prefix))?;
-    let f: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    let field = |i: usize| f.get(i).copied().unwrap_or(0);
-    let busy = field(0) + field(1) + field(2) + field(5) + field(6);
-    Some(CoreTicks {
-        busy,
-        softirq: field(6),
-        total: busy + field(3) + field(4) + field(7),
-    })
+    let prefix = format!("cpu{core}");
+    all_core_ticks()
+        .into_iter()
+        .find_map(|(name, ticks)| (name == prefix).then_some(ticks))
+}
+
+/// Every `cpu` line of `/proc/stat`: `cpu` (all cores together), then
+/// `cpu0`, `cpu1`, … (Linux; empty elsewhere).
+pub fn all_core_ticks() -> Vec<(String, CoreTicks)> {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    stat.lines()
+        .filter(|line| line.starts_with("cpu"))
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let name = words.next()?.to_string();
+            let f: Vec<u64> = words.map(|x| x.parse().unwrap_or(0)).collect();
+            Some((name, CoreTicks::from_fields(&f)))
+        })
+        .collect()
+}
+
+impl CoreTicks {
+    /// From the numbers of a `/proc/stat` cpu line: user nice system idle
+    /// iowait irq softirq steal …
+    fn from_fields(f: &[u64]) -> CoreTicks {
+        let field = |i: usize| f.get(i).copied().unwrap_or(0);
+        let busy = field(0) + field(1) + field(2) + field(5) + field(6);
+        CoreTicks {
+            user: field(0) + field(1),
+            system: field(2),
+            idle: field(3) + field(4),
+            busy,
+            softirq: field(6),
+            total: busy + field(3) + field(4) + field(7),
+        }
+    }
 }
 
 /// CPU time of loadgen and, optionally, the server at one instant, plus

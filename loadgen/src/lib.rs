@@ -18,4 +18,3 @@ mod progress;
 pub mod report;
 pub mod server;
 pub mod spread;
-mod threaded;

@@ -33,7 +33,12 @@ fn failure_of(mode: &str, check: conformance::TargetCheck) -> String {
 #[test]
 fn exact_echo_catches_a_dropped_byte() {
     let message = failure_of("drop-byte", conformance::exact_echo);
-    assert!(message.contains("differed at offset 1000"), "{message}");
+    // Shrunk to the smallest message that reaches the dropped byte, the
+    // echo is one byte short; a longer one also differs at offset 1000.
+    assert!(
+        message.contains("EOF after 1000 of") || message.contains("differed at offset 1000"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -57,6 +62,36 @@ fn never_reading_check_catches_unbounded_buffering() {
     let server = broken("unbounded-buffer").spawn(&[]).unwrap();
     let failure = conformance::never_reading_client(&Target::addr(server.addr())).unwrap_err();
     assert!(failure.message().contains("without bound"), "{failure}");
+}
+
+#[test]
+fn small_writes_check_catches_a_queue_written_in_stalling_batches() {
+    let message = failure_of(
+        "write-in-batches",
+        conformance::small_writes_then_half_close,
+    );
+    assert!(message.contains("then nothing for"), "{message}");
+}
+
+#[test]
+fn single_byte_check_catches_a_chunk_per_read() {
+    let message = failure_of(
+        "chunk-per-read",
+        conformance::single_byte_segments_memory_bounded,
+    );
+    assert!(message.contains("RSS grew"), "{message}");
+}
+
+#[test]
+fn fuzz_check_catches_a_dropped_byte_and_names_its_seed() {
+    let message = failure_of("drop-byte", conformance::fuzz_echo);
+    assert!(message.contains("C1M_FUZZ_SEED="), "{message}");
+    // Shrunk to the smallest message that reaches the dropped byte, the
+    // echo is one byte short; a longer one also differs at offset 1000.
+    assert!(
+        message.contains("EOF after 1000 of") || message.contains("differed at offset 1000"),
+        "{message}"
+    );
 }
 
 #[test]

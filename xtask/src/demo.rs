@@ -36,6 +36,16 @@ pub fn run(args: &DemoArgs) -> TaskResult {
         cargo().args(["build", "--release", "-p", &server, "-p", "loadgen"]),
     )?;
     let bin_dir = workspace_root().join("target").join("release");
+    // A Go server is built by its crate's build.rs; put it beside the others.
+    if c1m_benches::server(&server).is_some_and(|s| s.toolchain == c1m_benches::Toolchain::Go) {
+        let installed = c1m_benches::install_go_servers(&bin_dir)
+            .map_err(|e| TaskError::Failed(format!("installing {server}: {e}")))?;
+        if !installed {
+            return Err(TaskError::Failed(format!(
+                "{server} needs a Go toolchain (apt-get install golang-go)"
+            )));
+        }
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // With two or more cores, server and load each get their own, so the
     // numbers are the server's and not a fight over one core.

@@ -515,11 +515,8 @@ impl HostFacts {
             .split_whitespace()
             .nth(1)
             .map(str::to_string);
-        let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        let mem_available_kb = meminfo
-            .lines()
-            .find_map(|l| l.strip_prefix("MemAvailable:"))
-            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        let mem_available_kb = crate::procfs::meminfo_bytes("MemAvailable")
+            .map(|bytes| bytes / 1024)
             .ok_or("cannot read MemAvailable from /proc/meminfo")?;
         let tcp_mem = numbers(&sysctl_read("net.ipv4.tcp_mem")?);
         let port_range = numbers(&sysctl_read("net.ipv4.ip_local_port_range")?);

@@ -4,16 +4,20 @@
 //! - `test`      everything CI checks: fmt, clippy, tests, exercises, the book
 //! - `demo`      the most advanced server present, measured by loadgen
 //! - `book`      build the book (or `--serve` it)
-//! - `exercise`  check one exercise and show a hint
+//! - `exercise`  the exercises: list and progress, check, next, watch, reset, hints, solutions
 //! - `results`   measure every server and write the book's results page
 //! - `doctor`    check (and with --apply raise) the host limits for a million connections
 //! - `million`   hold a million connections with chapter 08's server, measure, report
+//! - `profile`   perf profiles of servers at several connection counts, for the book
 
 mod book;
+mod clock;
 mod demo;
 mod doctor;
 mod exercise;
 mod million;
+mod procfs;
+mod profile;
 mod results;
 mod run;
 mod test;
@@ -37,7 +41,7 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Build the book into book/build (installs mdbook if missing).
     Book(book::BookArgs),
-    /// Check one exercise (by name or number) and show a hint if it fails.
+    /// The exercises: list with progress, check one (NAME, chapter NN, next), watch, reset, --hint, --solution.
     Exercise(exercise::ExerciseArgs),
     /// Measure every server and write the book's results page (or --check it).
     Results(results::ResultsArgs),
@@ -45,6 +49,8 @@ enum Command {
     Doctor(doctor::DoctorArgs),
     /// Hold a million connections with chapter 08's server: doctor, ramp, measure, tear down, report.
     Million(million::MillionArgs),
+    /// Profile servers with perf at several connection counts; writes book/src/generated/profile.md.
+    Profile(profile::ProfileArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +63,7 @@ fn main() -> ExitCode {
         Command::Results(args) => results::run(&args),
         Command::Doctor(args) => doctor::run(&args),
         Command::Million(args) => million::run(&args),
+        Command::Profile(args) => profile::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use clap::Args;
 
-use crate::run::{TaskResult, cargo, run_step};
+use crate::run::{TaskError, TaskResult, cargo, run_step};
 use crate::{book, exercise, million, results};
 
 #[derive(Args)]
@@ -36,6 +36,11 @@ pub fn run(args: &TestArgs) -> TaskResult {
         ]),
     )?;
     run_step("all tests", cargo().args(["test", "--workspace"]))?;
+    // The Go baseline, where Go is installed, next to the release binaries
+    // (its conformance tests above ran the same build); one line otherwise.
+    eprintln!("\n==> go-echo next to the release binaries");
+    c1m_benches::install_go_servers(&c1m_benches::release_dir())
+        .map_err(|e| TaskError::Failed(format!("installing go-echo: {e}")))?;
     if !args.skip_exercises {
         eprintln!("\n==> exercises: each fails untouched and passes with its solution");
         exercise::check_all()?;

@@ -16,6 +16,11 @@ const READ_CHUNK: usize = 64 * 1024;
 /// How long to stop accepting when accept fails and we cannot shed the
 /// connection (see `accept_new_connections`).
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// Most connections accepted in one turn. Like reading one chunk per event,
+/// it keeps a flood of connects from holding the loop away from the
+/// connections it already has; the listener is level-triggered, so epoll
+/// reports the rest of the queue on the next turn.
+const ACCEPTS_PER_TURN: usize = 64;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Config {
@@ -148,9 +153,10 @@ impl Server {
     }
 
     // ANCHOR: accept
-    /// Accepts every connection waiting in the listen queue, until EAGAIN.
+    /// Accepts the connections waiting in the listen queue, until EAGAIN or
+    /// [`ACCEPTS_PER_TURN`] of them.
     fn accept_new_connections(&mut self) {
-        loop {
+        for _ in 0..ACCEPTS_PER_TURN {
             match self.listener.accept() {
                 Ok(socket) => self.register(socket),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,

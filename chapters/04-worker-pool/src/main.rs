@@ -21,7 +21,7 @@ use clap::Parser;
 
 use crate::server::{Config, Server};
 use crate::sys::{Listener, SignalFd};
-use crate::workers::PoolKind;
+use crate::workers::{Offload, PoolKind};
 
 /// An echo server: one event-loop thread for all I/O, a pool of worker
 /// threads for the request work.
@@ -33,9 +33,24 @@ struct Args {
     addr: String,
 
     /// Microseconds of CPU work (a busy loop) per newline received, done
-    /// before echoing, on a worker thread.
+    /// before echoing: on a worker thread, or on the loop when it is cheap
+    /// (see --offload).
     #[arg(long, default_value_t = 0)]
     work_us: u64,
+
+    /// Which reads' work goes to the worker pool: `auto` only work above
+    /// --offload-above-us (cheaper work runs on the event loop, and with
+    /// --work-us 0 the pool is never used), `always` every read (the price
+    /// of the hand-off on its own), `never` none (chapter 03).
+    #[arg(long, value_enum, default_value_t = Offload::Auto)]
+    offload: Offload,
+
+    /// With --offload auto, a read whose work (newlines × --work-us) costs
+    /// more than this many microseconds goes to the pool. A hand-off costs a
+    /// few microseconds of CPU (see the book), so work under this runs
+    /// cheaper on the loop than the trip would cost.
+    #[arg(long, default_value_t = 10)]
+    offload_above_us: u64,
 
     /// Worker threads that run the --work-us work [default: one per core].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
@@ -96,6 +111,8 @@ fn main() -> ExitCode {
         workers: args.workers.map_or_else(default_workers, usize::from),
         pool: args.pool,
         queue_depth: usize::try_from(args.queue_depth).unwrap_or(usize::MAX),
+        offload: args.offload,
+        offload_above: Duration::from_micros(args.offload_above_us),
     };
     let server = match Server::new(listener, signals, config) {
         Ok(server) => server,
@@ -125,7 +142,7 @@ fn main() -> ExitCode {
     let _ = writeln!(
         stdout,
         "summary: connections_served={} shed={} epoll_wait={} epoll_ctl={} read={} write={} accept={} requeued={} \
-         workers={} jobs={} queue_full={} queue_high_water={} wakeups={} results_dropped={}",
+         workers={} jobs={} inline={} queue_full={} queue_high_water={} wakeups={} results_dropped={}",
         totals.connections_served,
         totals.connections_shed,
         calls.epoll_wait,
@@ -136,6 +153,7 @@ fn main() -> ExitCode {
         totals.requeued,
         config.workers,
         totals.workers.jobs,
+        totals.workers.inline,
         totals.workers.queue_full,
         totals.workers.queue_high_water,
         calls.eventfd_write,

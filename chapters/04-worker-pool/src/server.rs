@@ -13,7 +13,9 @@ use crate::sys::{
     self, EDGE_TRIGGERED, Epoll, Event, Events, Fd, Listener, READ_CLOSED, READABLE, SignalFd,
     Socket, WRITABLE,
 };
-use crate::workers::{Completed, Job, PoolKind, WorkerStats, Workers};
+use crate::workers::{
+    Completed, Job, Offload, PoolKind, WorkerStats, Workers, spend_work, work_for,
+};
 
 /// How many readiness reports one `epoll_wait` may return. More are not
 /// lost: they wait in the kernel's ready list for the next call.
@@ -33,6 +35,11 @@ const CONNECTION_INTEREST: u32 = READABLE | WRITABLE | READ_CLOSED | EDGE_TRIGGE
 /// How long to stop accepting when accept fails and we cannot shed the
 /// connection (see `accept_new_connections`).
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// Most connections accepted in one turn. Like the read budget, it keeps a
+/// flood of connects from holding the loop away from the connections it
+/// already has; the listener is level-triggered, so epoll reports the rest
+/// of the queue on the next turn.
+const ACCEPTS_PER_TURN: usize = 64;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Config {
@@ -46,7 +53,37 @@ pub struct Config {
     pub pool: PoolKind,
     /// `--queue-depth`: the most jobs handed over and not yet answered.
     pub queue_depth: usize,
+    /// `--offload`: which reads' work goes to the pool.
+    pub offload: Offload,
+    /// `--offload-above-us`: with `--offload auto`, work that costs more
+    /// than this goes to the pool; anything cheaper runs on the loop.
+    pub offload_above: Duration,
 }
+
+// ANCHOR: offload_decision
+impl Config {
+    /// Whether the work this read asks for goes to the pool, or runs here
+    /// on the loop (see [`Offload`]).
+    fn goes_to_pool(&self, data: &[u8]) -> bool {
+        match self.offload {
+            Offload::Always => true,
+            Offload::Never => false,
+            Offload::Auto => work_for(data, self.work_per_newline) > self.offload_above,
+        }
+    }
+
+    /// Whether any read could go to the pool. Only then does a full job
+    /// queue stop the loop reading: with `--work-us 0` and `auto` it never
+    /// does, and the pool is never touched.
+    fn may_use_pool(&self) -> bool {
+        match self.offload {
+            Offload::Always => true,
+            Offload::Never => false,
+            Offload::Auto => !self.work_per_newline.is_zero(),
+        }
+    }
+}
+// ANCHOR_END: offload_decision
 
 /// What the summary line reports besides the syscall counts.
 #[derive(Clone, Copy, Debug)]
@@ -299,9 +336,10 @@ impl Server {
     }
 
     // ANCHOR: accept
-    /// Accepts every connection waiting in the listen queue, until EAGAIN.
+    /// Accepts the connections waiting in the listen queue, until EAGAIN or
+    /// [`ACCEPTS_PER_TURN`] of them.
     fn accept_new_connections(&mut self) {
-        loop {
+        for _ in 0..ACCEPTS_PER_TURN {
             match self.listener.accept() {
                 Ok(socket) => self.register(socket),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -347,6 +385,8 @@ impl Server {
     }
 
     fn register(&mut self, socket: Socket) {
+        // Best effort: a socket without TCP_NODELAY still echoes correctly.
+        let _ = socket.set_nodelay();
         let id = ConnectionId {
             fd: socket.raw_fd(),
             serial: self.next_serial,
@@ -358,8 +398,6 @@ impl Server {
             eprintln!("epoll_ctl(ADD): {e}; closing the new connection");
             return;
         }
-        // Best effort: a socket without TCP_NODELAY still echoes correctly.
-        let _ = socket.set_nodelay();
         let index = slot(id.fd);
         if self.connections.len() <= index {
             self.connections.resize_with(index + 1, || None);
@@ -413,8 +451,10 @@ impl Server {
 /// Gives one connection one turn, edge-triggered style: send what we owe if
 /// the socket is writable, then read, until the receive buffer is empty,
 /// the client is at EOF, back-pressure says stop, or the read budget is
-/// spent. Each read becomes a job for the workers, and then the connection
-/// reads no more until that job's result is back. Whatever is left unread is
+/// spent. A read whose work is cheap is worked on and echoed right here, as
+/// in chapter 03; one whose work is dear becomes a job for the workers, and
+/// then the connection reads no more until that job's result is back (so a
+/// later, cheap read can never overtake it). Whatever is left unread is
 /// recorded in `unread_input`, because epoll will not report it again.
 fn serve_edge_triggered(
     connection: &mut Connection,
@@ -428,7 +468,7 @@ fn serve_edge_triggered(
     }
     let mut reads = 0;
     while connection.has_unread_input(config.max_pending) && reads < READS_PER_TURN {
-        if !workers.has_room() {
+        if config.may_use_pool() && !workers.has_room() {
             // Back-pressure across the hand-off: the job queue is full, so
             // do not read. The bytes stay in the kernel's socket buffer (and
             // TCP flow control slows the client down); `unread_input` stays
@@ -450,13 +490,21 @@ fn serve_edge_triggered(
                 if n < read_buffer.len() && !connection.peer_sent_fin {
                     connection.unread_input = false;
                 }
-                workers.submit(Job {
-                    connection: connection.id(),
-                    data: read_buffer[..n].to_vec(),
-                });
-                // Ends the loop: `wants_input` is false until the result
-                // is back (see `Connection::wants_input`).
-                connection.job_in_flight = true;
+                let data = &read_buffer[..n];
+                if config.goes_to_pool(data) {
+                    workers.submit(Job {
+                        connection: connection.id(),
+                        data: data.to_vec(),
+                    });
+                    // Ends the loop: `wants_input` is false until the
+                    // result is back (see `Connection::wants_input`).
+                    connection.job_in_flight = true;
+                } else {
+                    // Cheaper than the trip to a worker: chapter 03's path.
+                    spend_work(data, config.work_per_newline);
+                    workers.note_inline();
+                    connection.echo(data)?;
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => connection.unread_input = false,
             // No edge would announce these bytes again: retry right away.

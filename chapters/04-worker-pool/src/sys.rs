@@ -4,7 +4,8 @@
 //! - [`check`] turns the C convention "-1 and `errno`" into `io::Result`.
 //! - [`Fd`] owns a descriptor and closes it on drop; nothing else holds a raw
 //!   `c_int` it could leak.
-//! - [`Epoll`] is the epoll instance: `add`, `modify`, `delete`, `wait`.
+//! - [`Epoll`] is the epoll instance: `add`, `delete`, `wait` (no `modify`:
+//!   edge-triggered connections are registered once).
 //! - [`Event`] is one readiness report, read through named predicates.
 //! - [`Listener`], [`Socket`], [`SignalFd`], [`EventFd`]: the descriptors the
 //!   server owns.

@@ -145,7 +145,16 @@ fn a_result_for_a_reset_client_never_reaches_the_next_one() {
     // One worker, and a line that keeps it busy for a second: A's job is
     // still running when A resets and B is accepted, most likely into A's
     // old descriptor number.
-    let server = start(&["--workers", "1", "--work-us", "1000000"]);
+    // `--offload always`: B's read must go to the pool too, and wait behind
+    // A's result, which is the moment this test is about.
+    let server = start(&[
+        "--workers",
+        "1",
+        "--work-us",
+        "1000000",
+        "--offload",
+        "always",
+    ]);
     let addr = server.addr();
     let idle_cpu = server.cpu_time().unwrap();
     let mut a = connect(addr);
@@ -168,6 +177,91 @@ fn a_result_for_a_reset_client_never_reaches_the_next_one() {
     assert_eq!(&echoed, b"for B", "B received bytes that were not its own");
     let counts = summary(server);
     assert_eq!(counts["results_dropped"], 1, "{counts:?}");
+}
+
+#[test]
+fn work_us_0_never_touches_the_pool() {
+    let server = start(&[]);
+    let mut client = connect(server.addr());
+    for n in 0..100 {
+        let line = format!("ping {n:03}\n");
+        client.write_all(line.as_bytes()).unwrap();
+        let mut echoed = vec![0; line.len()];
+        client.read_exact(&mut echoed).unwrap();
+        assert_eq!(echoed, line.as_bytes());
+    }
+    drop(client);
+    let counts = summary(server);
+    assert_eq!(counts["jobs"], 0, "{counts:?}");
+    assert_eq!(
+        counts["wakeups"], 0,
+        "no worker ever woke the loop: {counts:?}"
+    );
+    assert!(counts["inline"] >= 100, "{counts:?}");
+}
+
+#[test]
+fn offload_always_hands_even_free_work_to_the_pool() {
+    let server = start(&["--offload", "always"]);
+    let mut client = connect(server.addr());
+    client.write_all(b"ping\n").unwrap();
+    let mut echoed = [0; 5];
+    client.read_exact(&mut echoed).unwrap();
+    drop(client);
+    let counts = summary(server);
+    assert!(counts["jobs"] >= 1, "{counts:?}");
+    assert_eq!(counts["inline"], 0, "{counts:?}");
+}
+
+/// Cheap reads (one line: 50 µs, under the 100 µs threshold) run on the
+/// loop, dear ones (a pipelined block of lines) on the pool, mixed on one
+/// connection: the echo must still come back exactly in order.
+#[test]
+fn order_is_kept_when_some_reads_run_inline_and_some_on_the_pool() {
+    let server = start(&[
+        "--workers",
+        "2",
+        "--work-us",
+        "50",
+        "--offload-above-us",
+        "100",
+    ]);
+    let client = connect(server.addr());
+    // First one line on its own, echoed before anything else is sent: that
+    // read is certainly cheap, so it certainly runs on the loop.
+    (&client).write_all(b"first\n").unwrap();
+    let mut first = [0; 6];
+    (&client).read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"first\n");
+    // Then single lines and blocks of 200 lines, with short pauses so they
+    // tend to arrive as separate reads, some while a block's job is out.
+    let mut writer = client.try_clone().unwrap();
+    let rounds = 20;
+    let mut sent = Vec::new();
+    let mut plan = Vec::new();
+    for round in 0..rounds {
+        let single = format!("single {round:03}\n").into_bytes();
+        let block = numbered_lines(round, 200);
+        sent.extend_from_slice(&single);
+        sent.extend_from_slice(&block);
+        plan.push(single);
+        plan.push(block);
+    }
+    let expected = sent.len();
+    let sender = thread::spawn(move || {
+        for piece in plan {
+            writer.write_all(&piece).unwrap();
+            thread::sleep(Duration::from_millis(2));
+        }
+    });
+    let mut echoed = vec![0; expected];
+    (&client).read_exact(&mut echoed).unwrap();
+    sender.join().unwrap();
+    assert!(echoed == sent, "the echo is out of order or incomplete");
+    drop(client);
+    let counts = summary(server);
+    assert!(counts["inline"] >= 1, "{counts:?}");
+    assert!(counts["jobs"] >= 1, "{counts:?}");
 }
 
 /// Closes with SO_LINGER 0, so the kernel sends RST instead of FIN: the

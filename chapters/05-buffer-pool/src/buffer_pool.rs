@@ -16,9 +16,11 @@
 //!   chunk fits any request, so the pool is a plain stack (LIFO: the chunk
 //!   given back last is the one still in cache).
 //! - 16 KiB bounds the waste: a slow client owing 100 bytes pins one
-//!   chunk, 16 KiB, not 64 KiB. The remainder of one 64 KiB read fills at
-//!   most 4 chunks, and a connection at the default back-pressure limit
-//!   (256 KiB) holds at most 16 + 4 = 20; one `writev` sends them all.
+//!   chunk, 16 KiB, not 64 KiB. One 64 KiB read fills at most 4 chunks,
+//!   and a small read is copied into the room left in the last chunk
+//!   rather than pinning a chunk of its own, so chunks stay full. The
+//!   back-pressure check counts chunks too (see [`PendingOutput`]): at the
+//!   default limit (256 KiB) a connection holds at most 35 chunks.
 //! - Smaller (4 KiB) means 4 times the chunks to track and more iovecs per
 //!   `writev` for the same bytes; bigger (64 KiB) wastes more per slow
 //!   client and buys nothing, because the kernel copies into its own send
@@ -221,16 +223,21 @@ impl Default for BufferPool {
 /// slow to read.
 ///
 /// The queue can hold many chunks, but not without bound: the connection
-/// stops reading a client whose `len()` reached the back-pressure limit, so
-/// a queue never exceeds that limit plus one read (its last read's
-/// remainder), i.e. `(max_pending + READ_BUFFER_SIZE) / BUFFER_SIZE + 1`
-/// chunks.
+/// stops reading a client whose queue reached the back-pressure limit in
+/// bytes (`len()`) *or* in memory (`held_bytes()`, every chunk counted
+/// whole, at most [`memory_limit`]). Bytes alone would not do: a client
+/// sending one byte per segment would pin a chunk per byte. Each read may
+/// add one read's worth (4 chunks of a 64 KiB read) past the limit, so a
+/// queue holds at most `memory_limit(max_pending) / BUFFER_SIZE + 3`
+/// chunks: 35 at the default 256 KiB.
 ///
-/// Write-out is one `writev` over all queued chunks (up to
-/// [`MAX_IOVECS`]), not a `write` per chunk: one system call moves as much
-/// as the send buffer takes, and a short count proves the buffer full (the
-/// same edge-triggered reasoning as chapter 03's `flush`), so there is never
-/// a second call just to hear EAGAIN.
+/// Write-out is one `writev` over the queued chunks (up to [`MAX_IOVECS`]),
+/// not a `write` per chunk, repeated while a call is taken whole and chunks
+/// remain. A short count proves the send buffer full (the same
+/// edge-triggered reasoning as chapter 03's `flush`): an EPOLLOUT edge will
+/// follow, so there is never a call just to hear EAGAIN. A call taken whole
+/// proves nothing of the kind, and no edge would follow it: stopping there
+/// would leave the rest of a long queue waiting for ever.
 #[derive(Debug, Default)]
 pub struct PendingOutput {
     queue: Option<Box<OutputQueue>>,
@@ -265,6 +272,14 @@ impl PendingOutput {
         self.queue.as_ref().map_or(0, |queue| queue.chunks.len())
     }
 
+    /// Memory held for this client: every chunk counts whole, however
+    /// little of it is still unsent (the second back-pressure measure).
+    pub fn held_bytes(&self) -> usize {
+        self.queue.as_ref().map_or(0, |queue| {
+            queue.chunks.len() * queue.chunks.front().map_or(0, |c| c.bytes.len())
+        })
+    }
+
     /// The bytes owed, chunk by chunk, oldest first (a worker reads them
     /// to find the newlines; it never takes or gives back chunks).
     pub fn unsent_slices(&self) -> impl Iterator<Item = &[u8]> {
@@ -273,8 +288,11 @@ impl PendingOutput {
             .flat_map(|queue| queue.chunks.iter().map(Buffer::unsent))
     }
 
-    /// Queues everything `other` owes behind what `self` owes, moving its
-    /// chunks (no copy); `other`'s queue goes back to the pool.
+    /// Queues everything `other` owes behind what `self` owes. A chunk that
+    /// fits in the room left in our last chunk is copied there and given
+    /// back (so a client sending one byte at a time fills chunks instead of
+    /// pinning one per byte); the others move over as they are (no copy).
+    /// `other`'s queue goes back to the pool.
     pub fn append(&mut self, mut other: PendingOutput, pool: &mut BufferPool) {
         let Some(mut theirs) = other.queue.take() else {
             return;
@@ -283,7 +301,15 @@ impl PendingOutput {
             None => self.queue = Some(theirs),
             Some(ours) => {
                 ours.queued += theirs.queued;
-                ours.chunks.append(&mut theirs.chunks);
+                while let Some(chunk) = theirs.chunks.pop_front() {
+                    match ours.chunks.back_mut() {
+                        Some(last) if last.room() >= chunk.len() => {
+                            last.append(chunk.unsent());
+                            pool.give_back(chunk);
+                        }
+                        _ => ours.chunks.push_back(chunk),
+                    }
+                }
                 theirs.queued = 0;
                 pool.give_back_queue(theirs);
             }
@@ -311,48 +337,57 @@ impl PendingOutput {
         }
     }
 
-    /// One `writev` of the queued chunks to `socket`. Chunks fully sent go back
-    /// to the pool at once, and when the last one does, so does the queue:
-    /// the connection is back to holding nothing. A full send buffer
-    /// (EAGAIN) is `Ok(0)`; EINTR is retried; other errors (EPIPE,
-    /// ECONNRESET) mean the client is gone.
+    /// Writes the queued chunks to `socket`, one `writev` of up to
+    /// [`MAX_IOVECS`] at a time, until the queue is empty or a call is short
+    /// (the send buffer is full: an EPOLLOUT edge will come). Chunks fully
+    /// sent go back to the pool at once, and when the last one does, so does
+    /// the queue: the connection is back to holding nothing. Returns the
+    /// bytes written; a full send buffer (EAGAIN) at once is `Ok(0)`; EINTR
+    /// is retried; other errors (EPIPE, ECONNRESET) mean the client is gone.
     pub fn write_to(&mut self, socket: &Socket, pool: &mut BufferPool) -> io::Result<usize> {
-        let Some(queue) = self.queue.as_mut() else {
-            return Ok(0);
-        };
-        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-        let mut count = 0;
-        for (slice, chunk) in slices.iter_mut().zip(&queue.chunks) {
-            *slice = IoSlice::new(chunk.unsent());
-            count += 1;
-        }
-        let written = loop {
-            match socket.writev(&slices[..count]) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break 0,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+        let mut total = 0;
+        while let Some(queue) = self.queue.as_mut() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut count = 0;
+            let mut asked = 0;
+            for (slice, chunk) in slices.iter_mut().zip(&queue.chunks) {
+                *slice = IoSlice::new(chunk.unsent());
+                asked += chunk.len();
+                count += 1;
             }
-        };
-        queue.queued -= written;
-        let mut left = written;
-        while left > 0 {
-            let Some(chunk) = queue.chunks.front_mut() else {
-                break;
+            let written = loop {
+                match socket.writev(&slices[..count]) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break 0,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
             };
-            let n = left.min(chunk.len());
-            chunk.consume(n);
-            left -= n;
-            if chunk.is_empty()
-                && let Some(sent) = queue.chunks.pop_front()
-            {
-                pool.give_back(sent);
+            total += written;
+            queue.queued -= written;
+            let mut left = written;
+            while left > 0 {
+                let Some(chunk) = queue.chunks.front_mut() else {
+                    break;
+                };
+                let n = left.min(chunk.len());
+                chunk.consume(n);
+                left -= n;
+                if chunk.is_empty()
+                    && let Some(sent) = queue.chunks.pop_front()
+                {
+                    pool.give_back(sent);
+                }
+            }
+            if queue.chunks.is_empty() {
+                self.release(pool);
+                break;
+            }
+            if written == 0 || written < asked {
+                break; // short: the send buffer is full
             }
         }
-        if queue.chunks.is_empty() {
-            self.release(pool);
-        }
-        Ok(written)
+        Ok(total)
     }
 
     /// Gives every chunk (sent or not) and the queue back to the pool. Call
@@ -368,6 +403,15 @@ impl PendingOutput {
     }
 }
 // ANCHOR_END: pending_output
+
+/// The most memory a connection's queued output may hold before it is
+/// read no more: twice the byte limit (so that the byte limit is what bites
+/// for ordinary reads), and at least two chunks.
+pub const fn memory_limit(max_pending: usize) -> usize {
+    let floor = 2 * BUFFER_SIZE;
+    let limit = max_pending.saturating_mul(2);
+    if limit > floor { limit } else { floor }
+}
 
 #[cfg(test)]
 mod tests {
@@ -545,6 +589,50 @@ mod tests {
         assert_eq!(pool.stats().in_use, lent, "no chunk taken or given back");
         owed.release(&mut pool);
         assert_eq!(pool.stats().in_use, 0);
+    }
+
+    #[test]
+    fn a_queue_longer_than_one_writev_is_written_whole() {
+        let (server, mut client) = socket_pair();
+        // One-byte chunks: 3 * MAX_IOVECS of them, all of which the socket
+        // pair's buffer takes at once, but no one `writev` can cover.
+        let mut pool = BufferPool::with_sizes(1, 8);
+        let mut pending = PendingOutput::new();
+        let message: Vec<u8> = (0..3 * MAX_IOVECS).map(|i| (i % 251) as u8).collect();
+        pending.push(&message, &mut pool);
+        assert_eq!(pending.chunks(), message.len());
+        let written = pending.write_to(&server, &mut pool).unwrap();
+        assert_eq!(written, message.len(), "stopped after one writev");
+        assert!(pending.is_empty(), "chunks left with no EPOLLOUT to come");
+        let mut echoed = vec![0; message.len()];
+        client.read_exact(&mut echoed).unwrap();
+        assert_eq!(echoed, message);
+    }
+
+    #[test]
+    fn small_appends_share_the_last_chunk_instead_of_pinning_one_each() {
+        let mut pool = BufferPool::with_sizes(BUFFER_SIZE, 8);
+        let mut owed = PendingOutput::new();
+        for byte in 0..1000u32 {
+            let mut job = PendingOutput::new();
+            job.push(&[(byte % 251) as u8], &mut pool);
+            owed.append(job, &mut pool);
+        }
+        assert_eq!(owed.len(), 1000);
+        assert_eq!(owed.chunks(), 1, "1000 one-byte reads pinned a chunk each");
+        assert_eq!(owed.held_bytes(), BUFFER_SIZE);
+        let bytes: Vec<u8> = owed.unsent_slices().flatten().copied().collect();
+        let expected: Vec<u8> = (0..1000u32).map(|b| (b % 251) as u8).collect();
+        assert_eq!(bytes, expected);
+        assert_eq!(pool.stats().in_use, 1, "the copied chunks went back");
+        owed.release(&mut pool);
+    }
+
+    #[test]
+    fn memory_limit_is_twice_the_byte_limit_and_at_least_two_chunks() {
+        assert_eq!(memory_limit(256 * 1024), 512 * 1024);
+        assert_eq!(memory_limit(1), 2 * BUFFER_SIZE);
+        assert_eq!(memory_limit(usize::MAX), usize::MAX);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use clap::Parser;
 
 use crate::server::{Config, Server};
 use crate::sys::{Listener, SignalFd};
-use crate::workers::PoolKind;
+use crate::workers::{Offload, PoolKind};
 
 /// An echo server: one event-loop thread for all I/O, a pool of worker
 /// threads for the request work.
@@ -55,6 +55,20 @@ struct Args {
     /// back (back-pressure across the hand-off).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     queue_depth: u32,
+
+    /// Which reads' work goes to the worker pool: `auto` only work above
+    /// --offload-above-us (cheaper work runs on the event loop, and with
+    /// --work-us 0 the pool is never used), `always` every read (the price
+    /// of the hand-off on its own), `never` none (chapter 03).
+    #[arg(long, value_enum, default_value_t = Offload::Auto)]
+    offload: Offload,
+
+    /// With --offload auto, a read whose work (newlines × --work-us) costs
+    /// more than this many microseconds goes to the pool. A hand-off costs a
+    /// few microseconds of CPU (see the book), so work under this runs
+    /// cheaper on the loop than the trip would cost.
+    #[arg(long, default_value_t = 10)]
+    offload_above_us: u64,
 
     /// Stop reading a client while this many bytes of its echo are unsent
     /// (back-pressure).
@@ -99,6 +113,8 @@ fn main() -> ExitCode {
         workers: args.workers.map_or_else(default_workers, usize::from),
         pool: args.pool,
         queue_depth: usize::try_from(args.queue_depth).unwrap_or(usize::MAX),
+        offload: args.offload,
+        offload_above: Duration::from_micros(args.offload_above_us),
     };
     let server = match Server::new(listener, signals, config) {
         Ok(server) => server,
@@ -128,7 +144,7 @@ fn main() -> ExitCode {
     let _ = writeln!(
         stdout,
         "summary: connections_served={} shed={} epoll_wait={} epoll_ctl={} read={} write={} accept={} requeued={} \
-         workers={} jobs={} queue_full={} queue_high_water={} wakeups={} results_dropped={} \
+         workers={} jobs={} inline={} queue_full={} queue_high_water={} wakeups={} results_dropped={} \
          pool_hits={} pool_misses={} pool_high_water={} pool_in_use={} pool_dropped={}",
         totals.connections_served,
         totals.connections_shed,
@@ -140,6 +156,7 @@ fn main() -> ExitCode {
         totals.requeued,
         config.workers,
         totals.workers.jobs,
+        totals.workers.inline,
         totals.workers.queue_full,
         totals.workers.queue_high_water,
         calls.eventfd_write,

@@ -4,7 +4,8 @@
 //! - [`check`] turns the C convention "-1 and `errno`" into `io::Result`.
 //! - [`Fd`] owns a descriptor and closes it on drop; nothing else holds a raw
 //!   `c_int` it could leak.
-//! - [`Epoll`] is the epoll instance: `add`, `modify`, `delete`, `wait`.
+//! - [`Epoll`] is the epoll instance: `add`, `delete`, `wait` (no `modify`:
+//!   edge-triggered connections are registered once).
 //! - [`Event`] is one readiness report, read through named predicates.
 //! - [`Listener`], [`Socket`], [`SignalFd`], [`EventFd`]: the descriptors the
 //!   server owns.
@@ -266,8 +267,9 @@ impl Event {
 
 // ANCHOR: socket
 /// Most slices one `writev` gathers. Linux allows 1024 (`IOV_MAX`); 64
-/// chunks of 16 KiB is 1 MiB, more than a socket's send buffer takes in one
-/// call, so more would only cost stack.
+/// full chunks of 16 KiB is 1 MiB, often as much as a socket's send buffer
+/// takes in one call. A queue of more chunks takes more calls: the caller
+/// keeps writing while each call is taken whole.
 pub const MAX_IOVECS: usize = 64;
 
 /// A connected, non-blocking TCP socket.
@@ -307,6 +309,18 @@ impl Socket {
         // writable and lives for the whole call.
         let n =
             check(unsafe { libc::read(self.fd.raw(), buffer.as_mut_ptr().cast(), buffer.len()) })?;
+        Ok(n.unsigned_abs())
+    }
+
+    /// One `write(2)`: for bytes still in the loop's read buffer (an echo
+    /// worked on the loop), with nothing queued ahead of them. May write
+    /// fewer bytes than given (a partial write) when the send buffer fills;
+    /// `WouldBlock` when it is already full.
+    pub fn write(&self, bytes: &[u8]) -> io::Result<usize> {
+        count(&WRITE_CALLS);
+        // SAFETY: the pointer and length describe `bytes`, readable for the
+        // whole call.
+        let n = check(unsafe { libc::write(self.fd.raw(), bytes.as_ptr().cast(), bytes.len()) })?;
         Ok(n.unsigned_abs())
     }
 

@@ -27,7 +27,7 @@ use clap::Parser;
 
 use crate::server::{Config, Server};
 use crate::sys::{Listener, SignalFd};
-use crate::workers::PoolKind;
+use crate::workers::{Offload, PoolKind};
 
 /// An echo server: one event-loop thread for all I/O, a pool of worker
 /// threads for the request work.
@@ -47,8 +47,9 @@ struct Args {
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     workers: Option<u16>,
 
-    /// Which worker pool: threads sharing a channel (written in this
-    /// chapter) or rayon's ThreadPool.
+    /// Which worker pool: threads sharing a channel (written in chapter 04;
+    /// the default: it measured cheaper under load there) or rayon's
+    /// ThreadPool.
     #[arg(long, value_enum, default_value_t = PoolKind::Hand)]
     pool: PoolKind,
 
@@ -57,6 +58,20 @@ struct Args {
     /// back (back-pressure across the hand-off).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     queue_depth: u32,
+
+    /// Which reads' work goes to the worker pool: `auto` only work above
+    /// --offload-above-us (cheaper work runs on the event loop, and with
+    /// --work-us 0 the pool is never used), `always` every read (the price
+    /// of the hand-off on its own), `never` none (chapter 03).
+    #[arg(long, value_enum, default_value_t = Offload::Auto)]
+    offload: Offload,
+
+    /// With --offload auto, a read whose work (newlines × --work-us) costs
+    /// more than this many microseconds goes to the pool. A hand-off costs a
+    /// few microseconds of CPU (see the book), so work under this runs
+    /// cheaper on the loop than the trip would cost.
+    #[arg(long, default_value_t = 10)]
+    offload_above_us: u64,
 
     /// Stop reading a client while this many bytes of its echo are unsent
     /// (back-pressure).
@@ -128,6 +143,8 @@ fn main() -> ExitCode {
         workers: args.workers.map_or_else(default_workers, usize::from),
         pool: args.pool,
         queue_depth: usize::try_from(args.queue_depth).unwrap_or(usize::MAX),
+        offload: args.offload,
+        offload_above: Duration::from_micros(args.offload_above_us),
         idle_timeout: args.idle_timeout,
     };
     let server = match Server::new(listener, signals, config) {
@@ -168,7 +185,7 @@ fn main() -> ExitCode {
     let _ = writeln!(
         stdout,
         "summary: connections_served={} shed={} epoll_wait={} epoll_ctl={} read={} write={} accept={} requeued={} \
-         workers={} jobs={} queue_full={} queue_high_water={} wakeups={} results_dropped={} \
+         workers={} jobs={} inline={} queue_full={} queue_high_water={} wakeups={} results_dropped={} \
          pool_hits={} pool_misses={} pool_high_water={} pool_in_use={} pool_dropped={} \
          reaped={} timer_ops={} timers_moved={}",
         totals.connections_served,
@@ -181,6 +198,7 @@ fn main() -> ExitCode {
         totals.requeued,
         config.workers,
         totals.workers.jobs,
+        totals.workers.inline,
         totals.workers.queue_full,
         totals.workers.queue_high_water,
         calls.eventfd_write,

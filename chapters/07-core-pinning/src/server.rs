@@ -25,7 +25,9 @@ use crate::sys::{
     READ_CLOSED, READABLE, Socket, SyscallCounts, WRITABLE,
 };
 use crate::timer_wheel::TimerStats;
-use crate::workers::{Completed, Job, PoolKind, WorkerStats, Workers};
+use crate::workers::{
+    Completed, Job, Offload, PoolKind, WorkerStats, Workers, spend_work, work_for,
+};
 
 /// How many readiness reports one `epoll_wait` may return. More are not
 /// lost: they wait in the kernel's ready list for the next call.
@@ -45,6 +47,11 @@ const CONNECTION_INTEREST: u32 = READABLE | WRITABLE | READ_CLOSED | EDGE_TRIGGE
 /// How long to stop accepting when accept fails and we cannot shed the
 /// connection (see `accept_new_connections`).
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// Most connections accepted in one turn. Like the read budget, it keeps a
+/// flood of connects from holding the loop away from the connections it
+/// already has; the listener is level-triggered, so epoll reports the rest
+/// of the queue on the next turn.
+const ACCEPTS_PER_TURN: usize = 64;
 /// Slab slots allocated up front; it grows (by doubling) past this.
 const INITIAL_CONNECTIONS: usize = 1024;
 
@@ -74,7 +81,37 @@ pub struct Config {
     /// `--balance exclusive`: every reactor watches the same listener, with
     /// `EPOLLEXCLUSIVE`; otherwise each has its own `SO_REUSEPORT` listener.
     pub shared_listener: bool,
+    /// `--offload`: which reads' work goes to the pool.
+    pub offload: Offload,
+    /// `--offload-above-us`: with `--offload auto`, work that costs more
+    /// than this goes to the pool; anything cheaper runs on the loop.
+    pub offload_above: Duration,
 }
+
+// ANCHOR: offload_decision
+impl Config {
+    /// Whether the work this read asks for goes to the pool, or runs here
+    /// on the loop (see [`Offload`]).
+    fn goes_to_pool(&self, data: &[u8]) -> bool {
+        match self.offload {
+            Offload::Always => true,
+            Offload::Never => false,
+            Offload::Auto => work_for(data, self.work_per_newline) > self.offload_above,
+        }
+    }
+
+    /// Whether any read could go to the pool. Only then does a full job
+    /// queue stop the loop reading: with `--work-us 0` and `auto` it never
+    /// does, and the pool is never touched.
+    fn may_use_pool(&self) -> bool {
+        match self.offload {
+            Offload::Always => true,
+            Offload::Never => false,
+            Offload::Auto => !self.work_per_newline.is_zero(),
+        }
+    }
+}
+// ANCHOR_END: offload_decision
 
 /// What the summary line reports besides the syscall counts.
 #[derive(Clone, Copy, Debug)]
@@ -106,6 +143,7 @@ impl Totals {
         self.requeued += other.requeued;
         self.results_dropped += other.results_dropped;
         self.workers.jobs += other.workers.jobs;
+        self.workers.inline += other.workers.inline;
         self.workers.queue_full += other.workers.queue_full;
         self.workers.queue_high_water =
             (self.workers.queue_high_water).max(other.workers.queue_high_water);
@@ -460,9 +498,10 @@ impl Server {
     }
 
     // ANCHOR: accept
-    /// Accepts every connection waiting in the listen queue, until EAGAIN.
+    /// Accepts the connections waiting in the listen queue, until EAGAIN or
+    /// [`ACCEPTS_PER_TURN`] of them.
     fn accept_new_connections(&mut self) {
-        loop {
+        for _ in 0..ACCEPTS_PER_TURN {
             match self.listener.accept() {
                 Ok(socket) => self.register(socket),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -572,9 +611,12 @@ impl Server {
 /// Gives one connection one turn, edge-triggered style: send what we owe if
 /// the socket is writable, then read, until the receive buffer is empty,
 /// the client is at EOF, back-pressure says stop, or the read budget is
-/// spent. Each read becomes a job for the workers, and then the connection
-/// reads no more until that job's result is back. Whatever is left unread is
-/// recorded in `unread_input`, because epoll will not report it again.
+/// spent. A read whose work is cheap is worked on and echoed right here, as
+/// in chapter 03, straight from the read buffer; one whose work is dear
+/// becomes a job for the workers, and then the connection reads no more
+/// until that job's result is back (so a later, cheap read can never
+/// overtake it). Whatever is left unread is recorded in `unread_input`,
+/// because epoll will not report it again.
 fn serve_edge_triggered(
     token: Token,
     connection: &mut Connection,
@@ -589,7 +631,7 @@ fn serve_edge_triggered(
     }
     let mut reads = 0;
     while connection.has_unread_input(config.max_pending) && reads < READS_PER_TURN {
-        if !workers.has_room() {
+        if config.may_use_pool() && !workers.has_room() {
             // Back-pressure across the hand-off: the job queue is full, so
             // do not read. The bytes stay in the kernel's socket buffer (and
             // TCP flow control slows the client down); `unread_input` stays
@@ -612,17 +654,26 @@ fn serve_edge_triggered(
                     connection.unread_input = false;
                 }
                 connection.moved_data = true;
-                // The bytes go to the worker in pooled chunks, which come
-                // back with the result and are sent from as they are.
-                let mut data = PendingOutput::new();
-                data.push(&read_buffer[..n], output_pool);
-                workers.submit(Job {
-                    connection: token,
-                    data,
-                });
-                // Ends the loop: `wants_input` is false until the result
-                // is back (see `Connection::wants_input`).
-                connection.job_in_flight = true;
+                let input = &read_buffer[..n];
+                if config.goes_to_pool(input) {
+                    // The bytes go to the worker in pooled chunks, which
+                    // come back with the result and are sent from as they
+                    // are.
+                    let mut data = PendingOutput::new();
+                    data.push(input, output_pool);
+                    workers.submit(Job {
+                        connection: token,
+                        data,
+                    });
+                    // Ends the loop: `wants_input` is false until the
+                    // result is back (see `Connection::wants_input`).
+                    connection.job_in_flight = true;
+                } else {
+                    // Cheaper than the trip to a worker: chapter 03's path.
+                    spend_work(input, config.work_per_newline);
+                    workers.note_inline();
+                    connection.echo_from_read_buffer(input, output_pool)?;
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => connection.unread_input = false,
             // No edge would announce these bytes again: retry right away.

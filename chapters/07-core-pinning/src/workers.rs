@@ -59,8 +59,10 @@ impl Job {
 
 // ANCHOR: work
 /// `--work-us`: burn `work_per_newline` of CPU for each newline in `data`,
-/// on a worker, while the event loop goes on serving every other client.
-fn spend_work(data: &[u8], work_per_newline: Duration) {
+/// on a worker, while the event loop goes on serving every other client,
+/// or on the loop when it costs less than the trip to a worker would (see
+/// [`Offload`]).
+pub fn spend_work(data: &[u8], work_per_newline: Duration) {
     if work_per_newline.is_zero() {
         return;
     }
@@ -70,6 +72,17 @@ fn spend_work(data: &[u8], work_per_newline: Duration) {
             std::hint::spin_loop();
         }
     }
+}
+
+/// How much work `data` asks for: `work_per_newline` for each newline. The
+/// loop knows it before the work runs, as a real server knows which of its
+/// requests are the expensive kind.
+pub fn work_for(data: &[u8], work_per_newline: Duration) -> Duration {
+    if work_per_newline.is_zero() {
+        return Duration::ZERO;
+    }
+    let newlines = data.iter().filter(|&&byte| byte == b'\n').count();
+    work_per_newline.saturating_mul(u32::try_from(newlines).unwrap_or(u32::MAX))
 }
 // ANCHOR_END: work
 
@@ -134,6 +147,25 @@ impl Completions {
     }
 }
 // ANCHOR_END: completions
+
+// ANCHOR: offload
+/// `--offload`: which reads' work goes to the pool. Handing a job over and
+/// taking its result back costs the loop a copy, a lock and an eventfd
+/// round trip, and the process a thread wake-up: a few microseconds of CPU
+/// for every job. Work that costs less than that is cheaper done on the
+/// loop; work that costs much more would stall every other client there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Offload {
+    /// Hand a read to the pool only when its work is above
+    /// `--offload-above-us`; run anything cheaper on the loop.
+    Auto,
+    /// Hand every read to the pool, even with `--work-us 0`: the price of
+    /// the hand-off on its own.
+    Always,
+    /// Run all work on the loop, as chapter 03 does.
+    Never,
+}
+// ANCHOR_END: offload
 
 // ANCHOR: pool_kind
 /// `--pool`: which pool runs the jobs.
@@ -250,6 +282,8 @@ enum Pool {
 pub struct WorkerStats {
     /// Jobs handed to the pool.
     pub jobs: u64,
+    /// Reads whose work ran on the loop instead (`--offload`).
+    pub inline: u64,
     /// Times a connection had input to read but the queue was full, so its
     /// bytes stayed in the kernel (back-pressure across the hand-off).
     pub queue_full: u64,
@@ -303,6 +337,11 @@ impl Workers {
     /// Whether one more job may be handed over now.
     pub fn has_room(&self) -> bool {
         self.outstanding < self.max_outstanding
+    }
+
+    /// Records that a read's work ran on the loop, not on the pool.
+    pub fn note_inline(&mut self) {
+        self.stats.inline += 1;
     }
 
     /// Records that a connection wanted to hand over a job and could not.

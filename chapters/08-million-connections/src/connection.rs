@@ -24,7 +24,7 @@
 
 use std::io;
 
-use crate::buffer_pool::{BufferPool, PendingOutput};
+use crate::buffer_pool::{self, BufferPool, PendingOutput};
 use crate::sys::Socket;
 
 // ANCHOR: connection
@@ -71,19 +71,24 @@ impl Connection {
     /// Whether we should read from this client now. Not after EOF; not
     /// while a worker has its previous read (the next read would become a
     /// second job, which a second worker could finish first); and not while
-    /// it owes us `max_pending` bytes of unread echo: that is the
+    /// it owes us `max_pending` bytes of unread echo, or holds
+    /// `memory_limit(max_pending)` bytes of chunks for it: that is the
     /// back-pressure which keeps a client that never reads from making us
     /// buffer without bound. Its bytes wait in its socket buffer, then TCP
     /// flow control stops it sending.
     pub fn wants_input(&self, max_pending: usize) -> bool {
-        !self.peer_closed && !self.job_in_flight && self.pending_output.len() < max_pending
+        !self.peer_closed
+            && !self.job_in_flight
+            && self.pending_output.len() < max_pending
+            && self.pending_output.held_bytes() < buffer_pool::memory_limit(max_pending)
     }
 
     // ANCHOR: echo
     /// Sends a finished job's bytes back. Its chunks join the end of
-    /// `pending_output` (moved, not copied); if nothing was queued ahead of
-    /// them, one `writev` sends what the kernel takes at once, and every
-    /// chunk fully sent goes back to the pool. Only what a partial write
+    /// `pending_output` (moved, or copied into the last chunk's room when
+    /// they fit there); if nothing was queued ahead of them, `flush` sends
+    /// what the kernel takes at once, and every chunk fully sent goes back
+    /// to the pool. Only what a partial write
     /// leaves stays lent to this connection, until the EPOLLOUT edge that
     /// lets `flush` send it.
     /// Returns the bytes written now (for the `bytes_sent` counter).
@@ -97,10 +102,37 @@ impl Connection {
     }
     // ANCHOR_END: echo
 
-    /// Writes as much pending output as the send buffer takes, in one
-    /// `writev`: if it is partial, the buffer is full (a short count proves
-    /// it, epoll(7) says, just like EAGAIN would) and an EPOLLOUT edge will
-    /// come when there is room again. Returns the bytes written.
+    // ANCHOR: echo_from_read_buffer
+    /// Sends back bytes the loop worked on itself (`--offload`), while they
+    /// are still in its read buffer: straight to the socket if nothing is
+    /// queued ahead of them, so a client that keeps up never costs a chunk
+    /// or a copy. Only what a partial write leaves is copied into pooled
+    /// chunks. Returns the bytes written now.
+    pub fn echo_from_read_buffer(
+        &mut self,
+        data: &[u8],
+        pool: &mut BufferPool,
+    ) -> io::Result<usize> {
+        let mut written = 0;
+        if self.pending_output.is_empty() {
+            written = loop {
+                match self.socket.write(data) {
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break 0,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+        }
+        self.pending_output.push(&data[written..], pool);
+        Ok(written)
+    }
+    // ANCHOR_END: echo_from_read_buffer
+
+    /// Writes as much pending output as the send buffer takes, a `writev`
+    /// at a time until one is partial: then the buffer is full (a short
+    /// count proves it, epoll(7) says, just like EAGAIN would) and an
+    /// EPOLLOUT edge will come when there is room again. Returns the bytes written.
     pub fn flush(&mut self, pool: &mut BufferPool) -> io::Result<usize> {
         let written = self.pending_output.write_to(&self.socket, pool)?;
         if written > 0 {

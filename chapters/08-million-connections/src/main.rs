@@ -42,7 +42,7 @@ use crate::server::Config;
 use crate::supervisor::{Failure, Outcome, Settings, Supervisor};
 use crate::sys::{DescriptorLimit, Listener, SignalFd};
 use crate::worker_process::WorkerPlan;
-use crate::workers::PoolKind;
+use crate::workers::{Offload, PoolKind};
 
 /// An echo server for a million connections: a supervisor and prefork
 /// worker processes, each with one reactor (an event-loop thread for all
@@ -77,7 +77,9 @@ struct Args {
     #[arg(long, visible_alias = "threads", default_value = "auto")]
     reactors: Count,
 
-    /// Serve Prometheus metrics on this address (`GET /metrics`).
+    /// Serve Prometheus metrics on this address (`GET /metrics`). No
+    /// authentication: anyone who can connect reads them; keep it on
+    /// loopback or a private interface (a warning says so otherwise).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
 
@@ -108,8 +110,9 @@ struct Args {
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     workers: Option<u16>,
 
-    /// Which worker pool: threads sharing a channel (written in this
-    /// chapter) or rayon's ThreadPool.
+    /// Which worker pool: threads sharing a channel (written in chapter 04;
+    /// the default: it measured cheaper under load there) or rayon's
+    /// ThreadPool.
     #[arg(long, value_enum, default_value_t = PoolKind::Hand)]
     pool: PoolKind,
 
@@ -118,6 +121,20 @@ struct Args {
     /// back (back-pressure across the hand-off).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     queue_depth: u32,
+
+    /// Which reads' work goes to the worker pool: `auto` only work above
+    /// --offload-above-us (cheaper work runs on the event loop, and with
+    /// --work-us 0 the pool is never used), `always` every read (the price
+    /// of the hand-off on its own), `never` none (chapter 03).
+    #[arg(long, value_enum, default_value_t = Offload::Auto)]
+    offload: Offload,
+
+    /// With --offload auto, a read whose work (newlines × --work-us) costs
+    /// more than this many microseconds goes to the pool. A hand-off costs a
+    /// few microseconds of CPU (see the book), so work under this runs
+    /// cheaper on the loop than the trip would cost.
+    #[arg(long, default_value_t = 10)]
+    offload_above_us: u64,
 
     /// Stop reading a client while this many bytes of its echo are unsent
     /// (back-pressure).
@@ -229,6 +246,8 @@ fn run_worker(
                 .map_or_else(|| (available_cores() / reactors).max(1), usize::from),
             pool: args.pool,
             queue_depth: usize::try_from(args.queue_depth).unwrap_or(usize::MAX),
+            offload: args.offload,
+            offload_above: Duration::from_micros(args.offload_above_us),
             idle_timeout: args.idle_timeout,
             shared_listener: args.balance == Balance::Exclusive,
         },
@@ -332,6 +351,15 @@ fn worker_args(args: &Args, plan: &supervisor::Plan) -> Vec<String> {
             Balance::Exclusive => "exclusive",
         }
         .to_string(),
+        "--offload".to_string(),
+        match args.offload {
+            Offload::Auto => "auto",
+            Offload::Always => "always",
+            Offload::Never => "never",
+        }
+        .to_string(),
+        "--offload-above-us".to_string(),
+        args.offload_above_us.to_string(),
         "--pool".to_string(),
         match args.pool {
             PoolKind::Hand => "hand",
@@ -429,8 +457,9 @@ fn print_summary(out: &mut impl Write, settings: &Settings, outcome: &Outcome) -
     write!(
         out,
         "summary: connections_served={} shed={} reaped={} epoll_wait={} epoll_ctl={} read={} \
-         write={} accept={} jobs={} requeued={} pool_misses={} timer_ops={} bytes_received={} \
-         bytes_sent={} loop_wakeups={} workers={} reactors={} restarts={}",
+         write={} accept={} jobs={} inline={} requeued={} pool_misses={} timer_ops={} bytes_received={} \
+         bytes_sent={} loop_wakeups={} workers={} reactors={} restarts={} shutdown_dropped={} \
+         shutdown_dropped_bytes={}",
         total.accepted,
         total.shed,
         total.reaped,
@@ -440,6 +469,7 @@ fn print_summary(out: &mut impl Write, settings: &Settings, outcome: &Outcome) -
         total.write_calls,
         total.accept_calls,
         total.jobs,
+        total.inline,
         total.requeued,
         total.pool_misses,
         total.timer_ops,
@@ -449,6 +479,8 @@ fn print_summary(out: &mut impl Write, settings: &Settings, outcome: &Outcome) -
         settings.plan.procs,
         settings.plan.procs * settings.plan.reactors,
         outcome.restarts,
+        total.shutdown_dropped,
+        total.shutdown_dropped_bytes,
     )?;
     for (index, worker) in outcome.per_worker.iter().enumerate() {
         write!(out, " worker{index}_accepted={}", worker.accepted)?;

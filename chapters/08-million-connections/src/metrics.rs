@@ -6,14 +6,21 @@
 //! The HTTP side is deliberately tiny: HTTP/1.0, one request per connection,
 //! served from the supervisor's own epoll loop (edge-triggered, like the
 //! reactors), no framework.
+//!
+//! It has no authentication: anyone who can connect can read the counters.
+//! Bind it to loopback (or a private interface) and let the scraper come to
+//! it there.
 
 use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
 
 use crate::stats::{Counters, ITERATION_BUCKET_BOUNDS_NS};
-use crate::sys::{EDGE_TRIGGERED, Epoll, Event, Listener, READ_CLOSED, READABLE, Socket, WRITABLE};
+use crate::sys::{
+    self, EDGE_TRIGGERED, Epoll, Event, Fd, Listener, READ_CLOSED, READABLE, Socket, WRITABLE,
+};
 
 // ANCHOR: sample
 /// One worker as the supervisor sees it right now.
@@ -205,15 +212,26 @@ pub fn render(sample: &Sample) -> String {
 // ANCHOR_END: render
 
 // ANCHOR: http
-/// Most scrapers connected at once; more are closed on arrival.
+/// Most scrapers connected at once. A new one past this (or past the
+/// descriptor limit) takes the place of the oldest that has not yet sent
+/// its request; if every one has, the newcomer is closed on arrival.
 const MAX_CLIENTS: usize = 64;
 /// A request head longer than this is refused.
 const MAX_REQUEST: usize = 8 * 1024;
+/// A scraper has this long to send its request and read the response; then
+/// it is closed and its place freed, so idle connections cannot hold every
+/// place for ever.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The `/metrics` endpoint: a listener and the few HTTP clients it has.
 pub struct MetricsServer {
     listener: Listener,
     clients: Vec<HttpClient>,
+    /// Closed to make room for one `accept` when the supervisor is out of
+    /// descriptors (EMFILE), so a waiting scraper is closed instead of left
+    /// in the queue, where the level-triggered listener would report it on
+    /// every `epoll_wait`: a spinning supervisor.
+    spare: Option<Fd>,
 }
 
 struct HttpClient {
@@ -222,16 +240,36 @@ struct HttpClient {
     /// `Some` once the request is complete: the response and how much of
     /// it has been written.
     response: Option<(Vec<u8>, usize)>,
+    /// When this scraper is closed, done or not.
+    deadline: Instant,
 }
 
 impl MetricsServer {
     pub fn bind(addr: SocketAddr, epoll: &Epoll) -> io::Result<MetricsServer> {
         let listener = Listener::bind(addr, 64, false)?;
+        if !addr.ip().is_loopback() {
+            eprintln!(
+                "warning: metrics on {addr} are readable by anyone who can connect (no \
+                 authentication); bind --metrics to 127.0.0.1 unless that is intended"
+            );
+        }
         epoll.add(listener.raw_fd(), READABLE, token(listener.raw_fd()))?;
         Ok(MetricsServer {
             listener,
             clients: Vec::new(),
+            spare: sys::open_spare_descriptor().ok(),
         })
+    }
+
+    /// The earliest scraper deadline, for the supervisor's `epoll_wait`.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.clients.iter().map(|c| c.deadline).min()
+    }
+
+    /// Closes every scraper whose time is up.
+    pub fn expire(&mut self, now: Instant) {
+        // Dropping a client closes its socket (and unregisters it).
+        self.clients.retain(|c| c.deadline > now);
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -269,11 +307,19 @@ impl MetricsServer {
             let socket = match self.listener.accept() {
                 Ok(socket) => socket,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // WouldBlock: queue empty. Anything else (EMFILE included):
-                // a scraper will retry; the supervisor must not spin or die.
+                Err(e) if is_out_of_descriptors(&e) => {
+                    // Free a descriptor by closing the oldest silent scraper
+                    // and try again; failing that, shed the newcomer.
+                    if self.evict_oldest_waiting() || self.shed_one() {
+                        continue;
+                    }
+                    return; // not even the spare: the next turn tries again
+                }
+                // WouldBlock: queue empty. Anything else: a scraper will
+                // retry; the supervisor must not spin or die.
                 Err(_) => return,
             };
-            if self.clients.len() >= MAX_CLIENTS {
+            if self.clients.len() >= MAX_CLIENTS && !self.evict_oldest_waiting() {
                 continue; // dropped: closed at once
             }
             let fd = socket.raw_fd();
@@ -283,10 +329,41 @@ impl MetricsServer {
                     socket,
                     request: Vec::new(),
                     response: None,
+                    deadline: Instant::now() + CLIENT_TIMEOUT,
                 });
             }
         }
     }
+
+    /// Closes the scraper that has waited longest without sending a whole
+    /// request. `false` if every scraper has asked (they are being served).
+    fn evict_oldest_waiting(&mut self) -> bool {
+        let oldest = self
+            .clients
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.response.is_none())
+            .min_by_key(|(_, c)| c.deadline)
+            .map(|(index, _)| index);
+        oldest
+            .map(|index| self.clients.swap_remove(index))
+            .is_some()
+    }
+
+    /// Accepts one waiting scraper into the spare descriptor's place and
+    /// closes it at once; then takes the spare back.
+    fn shed_one(&mut self) -> bool {
+        if self.spare.take().is_none() {
+            return false;
+        }
+        let shed = self.listener.accept().is_ok();
+        self.spare = sys::open_spare_descriptor().ok();
+        shed
+    }
+}
+
+fn is_out_of_descriptors(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 impl HttpClient {
@@ -297,7 +374,11 @@ impl HttpClient {
             let mut chunk = [0u8; 2048];
             loop {
                 match self.socket.read(&mut chunk) {
-                    Ok(0) => return Ok(true), // gone before asking
+                    // EOF: a client may send its request and its FIN at
+                    // once (`HTTP/1.0`, then shutdown); a complete request
+                    // is still answered. Without one it left before asking.
+                    Ok(0) if has_complete_head(&self.request) => break,
+                    Ok(0) => return Ok(true),
                     Ok(n) => self.request.extend_from_slice(&chunk[..n]),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

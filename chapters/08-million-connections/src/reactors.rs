@@ -83,6 +83,9 @@ impl Reactors {
             let handle = thread::Builder::new()
                 .name(format!("reactor-{index}"))
                 .spawn(move || {
+                    // A panic must stop the process's reactors as a failed
+                    // loop does, not leave them serving one short.
+                    let _on_panic = NotifyOnPanic(Arc::clone(&died));
                     // Pin first: the worker threads `Server::new` starts
                     // inherit this thread's affinity.
                     let setup = cpu
@@ -168,3 +171,53 @@ impl Reactors {
     }
 }
 // ANCHOR_END: reactors
+
+/// Notifies "a reactor died" if its thread unwinds from a panic: `main`
+/// then stops the other reactors and exits with an error (in chapter 08 the
+/// supervisor restarts the worker), instead of running on with one fewer.
+struct NotifyOnPanic(Arc<EventFd>);
+
+impl Drop for NotifyOnPanic {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!("reactor thread panicked; stopping");
+            let _ = self.0.notify();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether the eventfd has been notified (without consuming it).
+    fn notified(fd: &EventFd) -> bool {
+        let mut pollfd = libc::pollfd {
+            fd: fd.raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, its count passed; timeout 0 only looks.
+        unsafe { libc::poll(&raw mut pollfd, 1, 0) == 1 }
+    }
+
+    #[test]
+    fn a_panicking_reactor_thread_says_it_died() {
+        let died = Arc::new(EventFd::new().unwrap());
+        let guard = NotifyOnPanic(Arc::clone(&died));
+        let thread = thread::spawn(move || {
+            let _guard = guard;
+            panic!("a bug in the event loop");
+        });
+        assert!(thread.join().is_err());
+        assert!(notified(&died), "no notification after a panic");
+    }
+
+    #[test]
+    fn a_reactor_thread_that_returns_says_nothing() {
+        let died = Arc::new(EventFd::new().unwrap());
+        let guard = NotifyOnPanic(Arc::clone(&died));
+        thread::spawn(move || drop(guard)).join().unwrap();
+        assert!(!notified(&died));
+    }
+}

@@ -29,7 +29,7 @@ use crate::sys::{
     self, EDGE_TRIGGERED, EXCLUSIVE, Epoll, Event, EventFd, Events, Fd, Interest, Listener,
     READ_CLOSED, READABLE, Socket, WRITABLE,
 };
-use crate::workers::{Completed, Job, PoolKind, Workers};
+use crate::workers::{Completed, Job, Offload, PoolKind, Workers, spend_work, work_for};
 
 /// How many readiness reports one `epoll_wait` may return. More are not
 /// lost: they wait in the kernel's ready list for the next call.
@@ -49,6 +49,14 @@ const CONNECTION_INTEREST: u32 = READABLE | WRITABLE | READ_CLOSED | EDGE_TRIGGE
 /// How long to stop accepting when accept fails and we cannot shed the
 /// connection (see `accept_new_connections`).
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// Most connections accepted in one turn. Like the read budget, it keeps a
+/// flood of connects from holding the loop away from the connections it
+/// already has; the listener is level-triggered, so epoll reports the rest
+/// of the queue on the next turn.
+const ACCEPTS_PER_TURN: usize = 64;
+/// On shutdown, how long connections still owed echo get to take it (see
+/// `begin_drain`). Below the supervisor's 15 s grace before SIGKILL.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// Slab slots allocated up front; it grows (by doubling) past this.
 const INITIAL_CONNECTIONS: usize = 1024;
 /// Idle output chunks a reactor keeps once most of its connections have
@@ -81,7 +89,37 @@ pub struct Config {
     /// `--balance exclusive`: every reactor watches the same listener, with
     /// `EPOLLEXCLUSIVE`; otherwise each has its own `SO_REUSEPORT` listener.
     pub shared_listener: bool,
+    /// `--offload`: which reads' work goes to the pool.
+    pub offload: Offload,
+    /// `--offload-above-us`: with `--offload auto`, work that costs more
+    /// than this goes to the pool; anything cheaper runs on the loop.
+    pub offload_above: Duration,
 }
+
+// ANCHOR: offload_decision
+impl Config {
+    /// Whether the work this read asks for goes to the pool, or runs here
+    /// on the loop (see [`Offload`]).
+    fn goes_to_pool(&self, data: &[u8]) -> bool {
+        match self.offload {
+            Offload::Always => true,
+            Offload::Never => false,
+            Offload::Auto => work_for(data, self.work_per_newline) > self.offload_above,
+        }
+    }
+
+    /// Whether any read could go to the pool. Only then does a full job
+    /// queue stop the loop reading: with `--work-us 0` and `auto` it never
+    /// does, and the pool is never touched.
+    fn may_use_pool(&self) -> bool {
+        match self.offload {
+            Offload::Always => true,
+            Offload::Never => false,
+            Offload::Auto => !self.work_per_newline.is_zero(),
+        }
+    }
+}
+// ANCHOR_END: offload_decision
 
 // ANCHOR: server
 pub struct Server {
@@ -126,6 +164,8 @@ pub struct Server {
     /// This reactor's slot in the shared memory the supervisor reads; this
     /// thread is its only writer.
     stats: &'static ReactorStats,
+    /// Set on stop: until then connections still owed echo may take it.
+    draining_until: Option<Instant>,
 }
 // ANCHOR_END: server
 
@@ -175,6 +215,7 @@ impl Server {
             expired: Vec::new(),
             config,
             stats,
+            draining_until: None,
         })
     }
 
@@ -195,7 +236,10 @@ impl Server {
                 let accept_pause = self
                     .accept_paused_until
                     .map(|until| until.saturating_duration_since(now));
-                earliest(idle_deadline, accept_pause)
+                let drain_left = self
+                    .draining_until
+                    .map(|until| until.saturating_duration_since(now));
+                earliest(earliest(idle_deadline, accept_pause), drain_left)
             } else {
                 // Connections are waiting for their next turn: collect new
                 // events without sleeping, then serve both.
@@ -218,12 +262,7 @@ impl Server {
                     self.accept_new_connections();
                 } else if token == STOP {
                     self.stop.reset()?;
-                    // Returning drops every connection, which closes it.
-                    if !self.connections.is_empty() {
-                        bump(&self.stats.closed, self.connections.len() as u64);
-                    }
-                    self.publish_counts();
-                    return Ok(());
+                    self.begin_drain();
                 } else if token == WAKER {
                     self.apply_completed()?;
                 } else {
@@ -232,10 +271,60 @@ impl Server {
             }
             self.serve_ready_list();
             self.reap_idle_connections();
+            if self
+                .draining_until
+                .is_some_and(|until| self.connections.is_empty() || Instant::now() >= until)
+            {
+                self.finish_drain();
+                return Ok(());
+            }
             self.resume_accepting_if_due()?;
             self.publish_counts();
             self.stats.record_iteration(woke.elapsed());
         }
+    }
+
+    /// Stop, gracefully: accept nothing more, and treat every connection as
+    /// if its client had half-closed: read nothing more from it, send what
+    /// it is owed (its queued output, the result of a job in flight), then
+    /// close it. One that is owed nothing closes now; the rest get
+    /// `DRAIN_GRACE`.
+    fn begin_drain(&mut self) {
+        // (Fails harmlessly if an accept pause already took it out.)
+        let _ = self.epoll.delete(self.listener.raw_fd());
+        self.accept_paused_until = None;
+        self.draining_until = Some(Instant::now() + DRAIN_GRACE);
+        let tokens: Vec<Token> = (0..self.connections.slots())
+            .filter_map(|index| self.connections.token_at(index))
+            .collect();
+        for token in tokens {
+            if let Some(connection) = self.connections.get_mut(token) {
+                connection.peer_closed = true;
+                if connection.is_finished() {
+                    self.close(token);
+                }
+            }
+        }
+    }
+
+    /// The grace is over (or nobody is owed anything): count what is
+    /// dropped with the connections still open, for the summary. Returning
+    /// then drops every connection, which closes it. A job still running
+    /// on a worker thread is not waited for here; its bytes are not counted.
+    fn finish_drain(&mut self) {
+        if !self.connections.is_empty() {
+            let mut owed = 0;
+            for index in 0..self.connections.slots() {
+                let token = self.connections.token_at(index);
+                if let Some(connection) = token.and_then(|t| self.connections.get_mut(t)) {
+                    owed += connection.pending_output.len();
+                }
+            }
+            bump(&self.stats.closed, self.connections.len() as u64);
+            bump(&self.stats.shutdown_dropped, self.connections.len() as u64);
+            bump(&self.stats.shutdown_dropped_bytes, owed as u64);
+        }
+        self.publish_counts();
     }
     // ANCHOR_END: event_loop
 
@@ -258,6 +347,7 @@ impl Server {
             (&stats.write_calls, calls.write),
             (&stats.accept_calls, calls.accept),
             (&stats.jobs, self.workers.stats().jobs),
+            (&stats.inline, self.workers.stats().inline),
             (&stats.pool_misses, self.output_pool.stats().misses),
             (&stats.timer_ops, timer_ops),
         ] {
@@ -478,9 +568,10 @@ impl Server {
     // ANCHOR_END: give_memory_back
 
     // ANCHOR: accept
-    /// Accepts every connection waiting in the listen queue, until EAGAIN.
+    /// Accepts the connections waiting in the listen queue, until EAGAIN or
+    /// [`ACCEPTS_PER_TURN`] of them.
     fn accept_new_connections(&mut self) {
-        loop {
+        for _ in 0..ACCEPTS_PER_TURN {
             match self.listener.accept() {
                 Ok(socket) => self.register(socket),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -590,9 +681,12 @@ impl Server {
 /// Gives one connection one turn, edge-triggered style: send what we owe if
 /// the socket is writable, then read, until the receive buffer is empty,
 /// the client is at EOF, back-pressure says stop, or the read budget is
-/// spent. Each read becomes a job for the workers, and then the connection
-/// reads no more until that job's result is back. Whatever is left unread is
-/// recorded in `unread_input`, because epoll will not report it again.
+/// spent. A read whose work is cheap is worked on and echoed right here, as
+/// in chapter 03, straight from the read buffer; one whose work is dear
+/// becomes a job for the workers, and then the connection reads no more
+/// until that job's result is back (so a later, cheap read can never
+/// overtake it). Whatever is left unread is recorded in `unread_input`,
+/// because epoll will not report it again.
 // Eight arguments: disjoint borrows of the reactor's fields (plus the
 // connection), passed one by one so the borrow checker can see they do not
 // overlap; chapter 08 added the counters slot.
@@ -613,7 +707,7 @@ fn serve_edge_triggered(
     }
     let mut reads = 0;
     while connection.has_unread_input(config.max_pending) && reads < READS_PER_TURN {
-        if !workers.has_room() {
+        if config.may_use_pool() && !workers.has_room() {
             // Back-pressure across the hand-off: the job queue is full, so
             // do not read. The bytes stay in the kernel's socket buffer (and
             // TCP flow control slows the client down); `unread_input` stays
@@ -637,17 +731,27 @@ fn serve_edge_triggered(
                 }
                 connection.moved_data = true;
                 bump(&stats.bytes_received, n as u64);
-                // The bytes go to the worker in pooled chunks, which come
-                // back with the result and are sent from as they are.
-                let mut data = PendingOutput::new();
-                data.push(&read_buffer[..n], output_pool);
-                workers.submit(Job {
-                    connection: token,
-                    data,
-                });
-                // Ends the loop: `wants_input` is false until the result
-                // is back (see `Connection::wants_input`).
-                connection.job_in_flight = true;
+                let input = &read_buffer[..n];
+                if config.goes_to_pool(input) {
+                    // The bytes go to the worker in pooled chunks, which
+                    // come back with the result and are sent from as they
+                    // are.
+                    let mut data = PendingOutput::new();
+                    data.push(input, output_pool);
+                    workers.submit(Job {
+                        connection: token,
+                        data,
+                    });
+                    // Ends the loop: `wants_input` is false until the
+                    // result is back (see `Connection::wants_input`).
+                    connection.job_in_flight = true;
+                } else {
+                    // Cheaper than the trip to a worker: chapter 03's path.
+                    spend_work(input, config.work_per_newline);
+                    workers.note_inline();
+                    let sent = connection.echo_from_read_buffer(input, output_pool)?;
+                    bump(&stats.bytes_sent, sent as u64);
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => connection.unread_input = false,
             // No edge would announce these bytes again: retry right away.

@@ -58,6 +58,8 @@ pub struct ReactorStats {
     pub accept_calls: AtomicU64,
     /// Reads handed to the worker threads as jobs (`--work-us`).
     pub jobs: AtomicU64,
+    /// Reads whose work ran on the reactor itself (`--offload`).
+    pub inline: AtomicU64,
     /// Turns a connection was put on the ready list for (read budget spent
     /// or job queue full).
     pub requeued: AtomicU64,
@@ -65,6 +67,10 @@ pub struct ReactorStats {
     pub pool_misses: AtomicU64,
     /// Timing-wheel operations: schedule, touch, cancel (`--idle-timeout`).
     pub timer_ops: AtomicU64,
+    /// Connections still owed echo when the shutdown grace ran out, and the
+    /// queued bytes they were owed (not counting jobs still running).
+    pub shutdown_dropped: AtomicU64,
+    pub shutdown_dropped_bytes: AtomicU64,
     /// Time from `epoll_wait` returning to the loop calling it again, summed
     /// and bucketed: how long each wake-up kept the loop busy.
     pub iteration_ns_sum: AtomicU64,
@@ -173,9 +179,12 @@ pub struct Counters {
     pub write_calls: u64,
     pub accept_calls: u64,
     pub jobs: u64,
+    pub inline: u64,
     pub requeued: u64,
     pub pool_misses: u64,
     pub timer_ops: u64,
+    pub shutdown_dropped: u64,
+    pub shutdown_dropped_bytes: u64,
     pub iteration_ns_sum: u64,
     pub iteration_buckets: [u64; ITERATION_BUCKETS],
 }
@@ -197,9 +206,12 @@ impl Counters {
             write_calls: load(&stats.write_calls),
             accept_calls: load(&stats.accept_calls),
             jobs: load(&stats.jobs),
+            inline: load(&stats.inline),
             requeued: load(&stats.requeued),
             pool_misses: load(&stats.pool_misses),
             timer_ops: load(&stats.timer_ops),
+            shutdown_dropped: load(&stats.shutdown_dropped),
+            shutdown_dropped_bytes: load(&stats.shutdown_dropped_bytes),
             iteration_ns_sum: load(&stats.iteration_ns_sum),
             iteration_buckets: stats.iteration_buckets.each_ref().map(load),
         }
@@ -224,9 +236,12 @@ impl Counters {
         self.write_calls += other.write_calls;
         self.accept_calls += other.accept_calls;
         self.jobs += other.jobs;
+        self.inline += other.inline;
         self.requeued += other.requeued;
         self.pool_misses += other.pool_misses;
         self.timer_ops += other.timer_ops;
+        self.shutdown_dropped += other.shutdown_dropped;
+        self.shutdown_dropped_bytes += other.shutdown_dropped_bytes;
         self.iteration_ns_sum += other.iteration_ns_sum;
         for (sum, count) in self
             .iteration_buckets
@@ -262,9 +277,12 @@ impl ReactorStats {
             &self.write_calls,
             &self.accept_calls,
             &self.jobs,
+            &self.inline,
             &self.requeued,
             &self.pool_misses,
             &self.timer_ops,
+            &self.shutdown_dropped,
+            &self.shutdown_dropped_bytes,
             &self.iteration_ns_sum,
         ]
         .into_iter()
@@ -315,5 +333,36 @@ mod tests {
         stats.reset();
         stats.reactors.store(1, Ordering::Relaxed);
         assert_eq!(stats.snapshot(), Counters::default());
+    }
+
+    #[test]
+    fn a_mapping_past_the_end_of_the_stats_memfd_is_refused() {
+        let len = crate::sys::page_size();
+        let (_page, fd) = SharedPage::create(len).unwrap();
+        assert!(SharedPage::map(fd.raw(), len, len).is_err());
+        assert!(SharedPage::map(fd.raw(), usize::MAX - len + 1, len).is_err());
+        assert!(SharedPage::map(fd.raw(), 0, len).is_ok());
+    }
+
+    #[test]
+    fn a_descriptor_that_is_not_the_sealed_stats_memfd_is_refused() {
+        // SAFETY: the name is a valid C string; the new descriptor goes
+        // straight into an `Fd`, which closes it.
+        let raw = unsafe { libc::memfd_create(c"not-stats".as_ptr(), 0) };
+        assert!(raw >= 0);
+        // SAFETY: we just created `raw` and nothing else owns it.
+        let plain = unsafe { crate::sys::Fd::from_raw(raw) };
+        // Empty and unsealed: a load from this mapping would be SIGBUS.
+        assert!(SharedPage::map(plain.raw(), 0, crate::sys::page_size()).is_err());
+    }
+
+    #[test]
+    #[should_panic(expected = "shared struct out of the mapping")]
+    fn an_offset_that_would_overflow_is_out_of_the_mapping() {
+        let (page, _fd) = SharedPage::create(worker_slot_len()).unwrap();
+        // Aligned, so only the end check can refuse it: `offset + size`
+        // must not wrap around to a small number.
+        let offset = usize::MAX - (align_of::<WorkerStats>() - 1);
+        let _: &WorkerStats = page.get(offset);
     }
 }

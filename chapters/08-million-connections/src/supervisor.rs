@@ -170,6 +170,9 @@ pub struct Supervisor {
     /// go backwards.
     retired: Counters,
     restarts: u64,
+    /// SIGINT/SIGTERM arrived while the workers were starting: `run` begins
+    /// with the shutdown (and still prints the summary).
+    stop_requested: bool,
 }
 
 /// What the workers did, for the summary line.
@@ -242,6 +245,7 @@ impl Supervisor {
             slots,
             retired: Counters::default(),
             restarts: 0,
+            stop_requested: false,
         })
     }
 
@@ -326,10 +330,16 @@ impl Supervisor {
             let _ = self
                 .epoll
                 .wait(&mut events, Some(Duration::from_millis(10)));
+            // A scraper may come early: serve it (the metrics listener is
+            // level-triggered, so leaving it unserved would spin this loop).
+            self.serve_metrics(&events);
             while let Some(signal) = self.signals.take_signal().ok().flatten() {
                 if signal != libc::SIGCHLD {
-                    self.abort();
-                    return Err(Failure::Other("interrupted during startup".into()));
+                    // Stop as after start-up: `run` forwards it to the
+                    // workers (a worker still starting handles it once it
+                    // listens) and prints the summary, exit 0.
+                    self.stop_requested = true;
+                    return Ok(());
                 }
             }
             if let Ok(Some((pid, how))) = sys::reap_exited_child() {
@@ -382,7 +392,7 @@ impl Supervisor {
             .settings
             .status_every
             .map(|every| Instant::now() + every);
-        let mut shutdown_deadline: Option<Instant> = None;
+        let mut shutdown_deadline = self.stop_requested.then(|| self.begin_shutdown());
         loop {
             if shutdown_deadline.is_some() && self.slots.iter().all(|s| s.pid.is_none()) {
                 break;
@@ -392,6 +402,7 @@ impl Supervisor {
                 next_status,
                 shutdown_deadline,
                 self.slots.iter().filter_map(|s| s.restart_at).min(),
+                self.metrics.as_ref().and_then(MetricsServer::next_deadline),
             ]
             .into_iter()
             .flatten()
@@ -402,17 +413,7 @@ impl Supervisor {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Failure::Other(format!("epoll_wait: {e}"))),
             }
-            for event in events.iter() {
-                if event.token() == token(self.signals.raw_fd()) {
-                    continue; // handled below, every turn
-                }
-                if let Some(mut metrics) = self.metrics.take() {
-                    if metrics.owns(event) {
-                        metrics.on_event(&self.epoll, event, || self.sample());
-                    }
-                    self.metrics = Some(metrics);
-                }
-            }
+            self.serve_metrics(&events);
             while let Some(signal) = self
                 .signals
                 .take_signal()
@@ -421,15 +422,14 @@ impl Supervisor {
                 if signal == libc::SIGCHLD {
                     self.reap_workers(shutdown_deadline.is_some());
                 } else if shutdown_deadline.is_none() {
-                    // Forward: every worker stops accepting, closes its
-                    // connections and exits; we wait for all of them.
-                    for slot in &mut self.slots {
-                        slot.restart_at = None;
-                        if let Some(pid) = slot.pid {
-                            let _ = sys::kill(pid, libc::SIGTERM);
-                        }
+                    shutdown_deadline = Some(self.begin_shutdown());
+                } else {
+                    // A second Ctrl-C: whoever pressed it does not want to
+                    // wait out the grace period.
+                    eprintln!("second signal: stopping the workers now (SIGKILL)");
+                    for pid in self.slots.iter().filter_map(|s| s.pid) {
+                        let _ = sys::kill(pid, libc::SIGKILL);
                     }
-                    shutdown_deadline = Some(Instant::now() + SHUTDOWN_GRACE);
                 }
             }
             let now = Instant::now();
@@ -462,6 +462,34 @@ impl Supervisor {
         })
     }
     // ANCHOR_END: run
+
+    /// Forwards the shutdown: every worker stops accepting, closes its
+    /// connections and exits; we wait for all of them until the returned
+    /// deadline, then SIGKILL.
+    fn begin_shutdown(&mut self) -> Instant {
+        for slot in &mut self.slots {
+            slot.restart_at = None;
+            if let Some(pid) = slot.pid {
+                let _ = sys::kill(pid, libc::SIGTERM);
+            }
+        }
+        Instant::now() + SHUTDOWN_GRACE
+    }
+
+    /// Hands the metrics endpoint its events (signals are read every turn
+    /// anyway), then closes scrapers whose time is up.
+    fn serve_metrics(&mut self, events: &Events) {
+        let Some(mut metrics) = self.metrics.take() else {
+            return;
+        };
+        for event in events.iter() {
+            if event.token() != token(self.signals.raw_fd()) && metrics.owns(event) {
+                metrics.on_event(&self.epoll, event, || self.sample());
+            }
+        }
+        metrics.expire(Instant::now());
+        self.metrics = Some(metrics);
+    }
 
     // ANCHOR: reap
     /// Collects every worker that exited. Outside shutdown each one is a

@@ -4,7 +4,8 @@
 //! - [`check`] turns the C convention "-1 and `errno`" into `io::Result`.
 //! - [`Fd`] owns a descriptor and closes it on drop; nothing else holds a raw
 //!   `c_int` it could leak.
-//! - [`Epoll`] is the epoll instance: `add`, `modify`, `delete`, `wait`.
+//! - [`Epoll`] is the epoll instance: `add`, `delete`, `wait` (no `modify`:
+//!   edge-triggered connections are registered once).
 //! - [`Event`] is one readiness report, read through named predicates.
 //! - [`Listener`], [`Socket`], [`SignalFd`], [`EventFd`]: the descriptors the
 //!   server owns.
@@ -293,8 +294,9 @@ impl Event {
 
 // ANCHOR: socket
 /// Most slices one `writev` gathers. Linux allows 1024 (`IOV_MAX`); 64
-/// chunks of 16 KiB is 1 MiB, more than a socket's send buffer takes in one
-/// call, so more would only cost stack.
+/// full chunks of 16 KiB is 1 MiB, often as much as a socket's send buffer
+/// takes in one call. A queue of more chunks takes more calls: the caller
+/// keeps writing while each call is taken whole.
 pub const MAX_IOVECS: usize = 64;
 
 /// A connected, non-blocking TCP socket.
@@ -334,6 +336,18 @@ impl Socket {
         // writable and lives for the whole call.
         let n =
             check(unsafe { libc::read(self.fd.raw(), buffer.as_mut_ptr().cast(), buffer.len()) })?;
+        Ok(n.unsigned_abs())
+    }
+
+    /// One `write(2)`: for bytes still in the loop's read buffer (an echo
+    /// worked on the loop), with nothing queued ahead of them. May write
+    /// fewer bytes than given (a partial write) when the send buffer fills;
+    /// `WouldBlock` when it is already full.
+    pub fn write(&self, bytes: &[u8]) -> io::Result<usize> {
+        count(&WRITE_CALLS);
+        // SAFETY: the pointer and length describe `bytes`, readable for the
+        // whole call.
+        let n = check(unsafe { libc::write(self.fd.raw(), bytes.as_ptr().cast(), bytes.len()) })?;
         Ok(n.unsigned_abs())
     }
 
@@ -776,27 +790,72 @@ impl SharedPage {
     /// Creates a zero-filled memfd of `len` bytes and maps it. The descriptor
     /// is deliberately NOT close-on-exec: the supervisor's workers inherit it
     /// across `exec` and map it themselves (they are told its number with
-    /// `--stats-fd`). Returns the mapping and the descriptor.
+    /// `--stats-fd`). It is sealed against shrinking, so no process can ever
+    /// cut a mapping short (a load past the end of a file is SIGBUS).
+    /// Returns the mapping and the descriptor.
     pub fn create(len: usize) -> io::Result<(SharedPage, Fd)> {
-        // SAFETY: the name is a valid NUL-terminated string; flags are 0
-        // (no MFD_CLOEXEC, see above). The descriptor goes into an `Fd`.
+        // SAFETY: the name is a valid NUL-terminated string; no MFD_CLOEXEC
+        // (see above). The descriptor goes into an `Fd`.
         let fd = Fd(check(unsafe {
-            libc::memfd_create(c"c1m-stats".as_ptr(), 0)
+            libc::memfd_create(c"c1m-stats".as_ptr(), libc::MFD_ALLOW_SEALING)
         })?);
         let size = libc::off_t::try_from(len).map_err(io::Error::other)?;
         // SAFETY: plain syscall on the memfd we own; new bytes read as zero.
         check(unsafe { libc::ftruncate(fd.raw(), size) })?;
+        // SAFETY: plain fcntl on the memfd we own, created with sealing allowed.
+        check(unsafe {
+            libc::fcntl(
+                fd.raw(),
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
+            )
+        })?;
         let page = SharedPage::map(fd.raw(), 0, len)?;
         Ok((page, fd))
     }
 
     /// Maps `len` bytes of the inherited memfd `fd`, starting at `offset`
     /// (a multiple of the page size): a worker maps only its own page.
+    /// The descriptor's number comes from the command line, so it is
+    /// checked, not trusted: it must be a memfd sealed against shrinking
+    /// (one [`SharedPage::create`] made) and long enough.
     pub fn map(fd: RawFd, offset: usize, len: usize) -> io::Result<SharedPage> {
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "shared range overflows"))?;
+        // SAFETY: plain fcntl; a descriptor that is not open or not a memfd
+        // fails (EBADF, EINVAL), which we report.
+        let seals = check(unsafe { libc::fcntl(fd, libc::F_GET_SEALS) }).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("descriptor {fd} is not the supervisor's stats memfd: {e}"),
+            )
+        })?;
+        if seals & libc::F_SEAL_SHRINK == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("descriptor {fd} is a memfd that may shrink: not the stats memfd"),
+            ));
+        }
+        // SAFETY: libc::stat is plain data; all zeroes is a valid value.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `stat` is a writable stat buffer; `fd` is open (F_GET_SEALS
+        // succeeded on it).
+        check(unsafe { libc::fstat(fd, &raw mut stat) })?;
+        if u64::try_from(stat.st_size).unwrap_or(0) < end as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "stats memfd {fd} holds {} bytes, not the {end} this worker needs",
+                    stat.st_size
+                ),
+            ));
+        }
         let offset = libc::off_t::try_from(offset).map_err(io::Error::other)?;
-        // SAFETY: a null hint lets the kernel choose the address; `fd` is an
-        // open memfd at least `offset + len` long (the supervisor sized it),
-        // and a failed mmap returns MAP_FAILED, which we check.
+        // SAFETY: a null hint lets the kernel choose the address; `fd` is a
+        // memfd at least `offset + len` long (checked above) that can never
+        // shrink (sealed), so every byte of the mapping stays backed. A
+        // failed mmap returns MAP_FAILED, which we check.
         let address = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -820,7 +879,10 @@ impl SharedPage {
     /// byte pattern, including all zeroes, must be a valid `T`.
     pub fn get<T: SharedAtomics>(&self, offset: usize) -> &T {
         assert!(
-            offset.is_multiple_of(align_of::<T>()) && offset + size_of::<T>() <= self.len,
+            offset.is_multiple_of(align_of::<T>())
+                && offset
+                    .checked_add(size_of::<T>())
+                    .is_some_and(|end| end <= self.len),
             "shared struct out of the mapping"
         );
         // SAFETY: the assert keeps the reference inside the mapping and

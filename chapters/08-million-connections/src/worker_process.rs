@@ -88,8 +88,10 @@ pub fn run(plan: WorkerPlan, signals: SignalFd) -> io::Result<()> {
 fn map_own_stats(index: usize, stats_fd: RawFd) -> io::Result<&'static WorkerStats> {
     let slot_len = stats::worker_slot_len();
     let page = SharedPage::map(stats_fd, index * slot_len, slot_len)?;
-    // SAFETY: the supervisor passed this descriptor to us across exec for
-    // exactly this purpose, and nothing else in this process uses it.
+    // SAFETY: the number came from our command line, but `map` checked that
+    // it is open and is the supervisor's sealed stats memfd (not stdio, not
+    // anything this process opened: we open no memfd). Nothing else in this
+    // process refers to it, so closing it closes nobody else's descriptor.
     drop(unsafe { sys::Fd::from_raw(stats_fd) });
     // The reactor threads hold `&'static ReactorStats`: the mapping must
     // live as long as the process, so it is never unmapped.

@@ -54,6 +54,12 @@ enum BreakMode {
     SpinOnEmfile,
     /// Accept `--work-us` but do no work.
     IgnoreWorkUs,
+    /// Keep each read's echo in a 16 KiB chunk of its own, under a limit
+    /// that counts only bytes (a chunk per one-byte segment).
+    ChunkPerRead,
+    /// Write queued pieces 64 at a time, and after a batch written whole
+    /// wait for the next read instead of writing on (the stalled `writev`).
+    WriteInBatches,
 }
 
 /// Stream offset [`BreakMode::DropByte`] drops.
@@ -169,6 +175,14 @@ fn serve(mut stream: TcpStream, settings: &Settings) {
         serve_unbounded(stream);
         return;
     }
+    if break_mode == Some(BreakMode::ChunkPerRead) {
+        serve_chunk_per_read(stream);
+        return;
+    }
+    if break_mode == Some(BreakMode::WriteInBatches) {
+        serve_in_batches(stream);
+        return;
+    }
     let work_us = if break_mode == Some(BreakMode::IgnoreWorkUs) {
         0
     } else {
@@ -241,6 +255,141 @@ fn serve_unbounded(stream: TcpStream) {
         for chunk in pending {
             if writer.write_all(&chunk).is_err() {
                 return;
+            }
+        }
+    });
+    let mut reader = stream;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if queue.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    drop(queue);
+    let _ = echoer.join();
+}
+
+/// The `chunk-per-read` bug: every read's bytes go into a fresh 16 KiB chunk
+/// (filled, so its pages are resident), and back-pressure counts bytes
+/// owed, not chunks held.
+fn serve_chunk_per_read(stream: TcpStream) {
+    const CHUNK: usize = 16 * 1024;
+    const MAX_OWED: u64 = 256 * 1024;
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let owed = std::sync::Arc::new(AtomicU64::new(0));
+    let (queue, pending) = mpsc::channel::<(Vec<u8>, usize)>();
+    let echoer = {
+        let owed = std::sync::Arc::clone(&owed);
+        thread::spawn(move || {
+            for (chunk, len) in pending {
+                if writer.write_all(&chunk[..len]).is_err() {
+                    return;
+                }
+                owed.fetch_sub(len as u64, Ordering::Relaxed);
+            }
+        })
+    };
+    let mut reader = stream;
+    let mut chunk = vec![0xAA_u8; CHUNK];
+    loop {
+        while owed.load(Ordering::Relaxed) >= MAX_OWED {
+            thread::sleep(Duration::from_millis(1));
+        }
+        match reader.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                owed.fetch_add(n as u64, Ordering::Relaxed);
+                let full = std::mem::replace(&mut chunk, vec![0xAA_u8; CHUNK]);
+                if queue.send((full, n)).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    drop(queue);
+    let _ = echoer.join();
+}
+
+/// The `write-in-batches` bug: each read is a piece in a queue; on each
+/// read (or, after a short write, once the socket is writable again) at most
+/// 64 pieces are written. After a batch the kernel took whole nothing wakes
+/// the writer but the next read, which never comes after the client's EOF.
+fn serve_in_batches(stream: TcpStream) {
+    use std::os::fd::AsRawFd;
+    const BATCH: usize = 64;
+    let Ok(writer) = stream.try_clone() else {
+        return;
+    };
+    let (queue, arrivals) = mpsc::channel::<Vec<u8>>();
+    let echoer = thread::spawn(move || {
+        let fd = writer.as_raw_fd();
+        let mut pieces: std::collections::VecDeque<Vec<u8>> = std::collections::VecDeque::new();
+        let mut wait_for_room = false;
+        let mut eof = false;
+        loop {
+            if wait_for_room {
+                let mut pollfd = libc::pollfd {
+                    fd,
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd, its count passed.
+                if unsafe { libc::poll(&raw mut pollfd, 1, -1) } < 0 {
+                    continue;
+                }
+            } else if eof {
+                if pieces.is_empty() {
+                    return; // all written: close
+                }
+                // The bug: nothing will ever wake us again.
+                loop {
+                    thread::park();
+                }
+            } else {
+                match arrivals.recv() {
+                    Ok(piece) => pieces.push_back(piece),
+                    Err(_) => eof = true,
+                }
+            }
+            while let Ok(piece) = arrivals.try_recv() {
+                pieces.push_back(piece);
+            }
+            wait_for_room = false;
+            for _ in 0..BATCH {
+                let Some(piece) = pieces.front_mut() else {
+                    break;
+                };
+                // SAFETY: the pointer and length describe `piece`, which
+                // outlives the call; MSG_DONTWAIT makes this one call
+                // non-blocking without touching the shared file flags.
+                let n = unsafe {
+                    libc::send(
+                        fd,
+                        piece.as_ptr().cast(),
+                        piece.len(),
+                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    )
+                };
+                let Ok(n) = usize::try_from(n) else {
+                    if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock {
+                        wait_for_room = true;
+                        break;
+                    }
+                    return;
+                };
+                if n < piece.len() {
+                    piece.drain(..n);
+                    wait_for_room = true;
+                    break;
+                }
+                pieces.pop_front();
             }
         }
     });

@@ -39,8 +39,10 @@ use crate::server::{ServerBuilder, ServerProcess};
 mod client;
 mod echo;
 mod flags;
+mod fuzz;
 mod hostile;
 mod idle;
+mod output_queue;
 mod resources;
 mod tests_macro;
 
@@ -48,8 +50,10 @@ pub use echo::{
     concurrent_clients, exact_echo, half_close, many_concurrent_clients, pipelined_lines,
 };
 pub use flags::{bad_flag_exits_2, help_lists_flags, sigint_summary, work_us};
+pub use fuzz::fuzz_echo;
 pub use hostile::{never_reading_client, reset_mid_stream};
 pub use idle::idle_timeout;
+pub use output_queue::{single_byte_segments_memory_bounded, small_writes_then_half_close};
 pub use resources::{emfile, no_descriptor_leak};
 
 /// What a check returns.
@@ -206,6 +210,12 @@ pub const TARGET_CHECKS: &[(&str, TargetCheck)] = &[
     ("half_close", half_close),
     ("reset_mid_stream", reset_mid_stream),
     ("never_reading_client", never_reading_client),
+    ("small_writes_then_half_close", small_writes_then_half_close),
+    (
+        "single_byte_segments_memory_bounded",
+        single_byte_segments_memory_bounded,
+    ),
+    ("fuzz_echo", fuzz_echo),
 ];
 
 /// Runs every check that needs only an address against a server that is

@@ -111,6 +111,33 @@ macro_rules! conformance_tests {
         }
 
         #[test]
+        fn small_writes_then_half_close_get_everything_back() {
+            $crate::conformance::assert_target_check(
+                &__conformance_server(),
+                "small_writes_then_half_close",
+                $crate::conformance::small_writes_then_half_close,
+            );
+        }
+
+        #[test]
+        fn single_byte_segments_do_not_pin_memory() {
+            $crate::conformance::assert_target_check(
+                &__conformance_server(),
+                "single_byte_segments_memory_bounded",
+                $crate::conformance::single_byte_segments_memory_bounded,
+            );
+        }
+
+        #[test]
+        fn fuzzed_clients_get_exactly_their_echo() {
+            $crate::conformance::assert_target_check(
+                &__conformance_server(),
+                "fuzz_echo",
+                $crate::conformance::fuzz_echo,
+            );
+        }
+
+        #[test]
         fn survives_emfile_without_spinning() {
             $crate::conformance::assert_spec_check(
                 &__conformance_server(),

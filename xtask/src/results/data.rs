@@ -49,6 +49,16 @@ pub struct Settings {
     pub idle_connections: usize,
     /// The server everything is compared with.
     pub reference: String,
+    /// The floor (the smallest epoll echo loop), which server CPU per
+    /// message is also compared with; absent in files from before it.
+    #[serde(default)]
+    pub floor: Option<String>,
+    /// Messages in flight per connection, and connections, for the
+    /// pipelined point; 0 in files from before it.
+    #[serde(default)]
+    pub pipeline_depth: usize,
+    #[serde(default)]
+    pub pipeline_connections: usize,
 }
 
 /// Everything measured for one server.
@@ -61,8 +71,11 @@ pub struct ServerResults {
     pub args: Vec<String>,
     /// Messages/s and RTT at each connection count, no CPU work.
     pub echo: Vec<EchoPoint>,
-    /// The same with `--work-us`.
-    pub work: EchoPoint,
+    /// The same with several messages in flight per connection.
+    #[serde(default)]
+    pub pipelined: Option<EchoPoint>,
+    /// The same with `--work-us`; `None` for the floor, which does no work.
+    pub work: Option<EchoPoint>,
     pub memory: MemoryProbe,
 }
 
@@ -71,6 +84,9 @@ pub struct ServerResults {
 pub struct EchoPoint {
     pub connections: usize,
     pub work_us: u32,
+    /// Messages in flight per connection (1: ping-pong).
+    #[serde(default = "one")]
+    pub pipeline: usize,
     /// Rounded to a whole message.
     pub messages_per_sec: Option<u64>,
     pub p50_us: Option<u64>,
@@ -83,6 +99,10 @@ pub struct EchoPoint {
     pub loadgen_cpu_percent: Option<f64>,
     /// Why this point has no (trustworthy) numbers.
     pub error: Option<String>,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl EchoPoint {
@@ -116,6 +136,13 @@ pub struct MemoryProbe {
     pub threads_idle: Option<usize>,
     pub threads_held: Option<usize>,
     pub error: Option<String>,
+    /// Go servers only: goroutine stack in use per held connection, from
+    /// `runtime.MemStats.StackInuse` (the summary's `stack_bytes_per_connection`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_bytes_per_connection: Option<u64>,
+    /// Go servers only: goroutines alive when the most connections were held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub goroutines_held: Option<u64>,
 }
 
 impl MemoryProbe {
@@ -137,12 +164,24 @@ impl ResultsData {
     pub fn reference(&self) -> Option<&ServerResults> {
         self.server(&self.settings.reference)
     }
+
+    pub fn floor(&self) -> Option<&ServerResults> {
+        self.server(self.settings.floor.as_deref()?)
+    }
 }
 
 impl ServerResults {
     /// The echo point at `connections`, if measured.
     pub fn at(&self, connections: usize) -> Option<&EchoPoint> {
         self.echo.iter().find(|p| p.connections == connections)
+    }
+
+    /// Every point measured, for listing failures and loadgen limits.
+    pub fn points(&self) -> impl Iterator<Item = &EchoPoint> {
+        self.echo
+            .iter()
+            .chain(self.pipelined.iter())
+            .chain(self.work.iter())
     }
 }
 

@@ -33,7 +33,8 @@ pub struct Timing {
 /// The echo points of one pass over one server.
 pub struct EchoPass {
     pub echo: Vec<EchoPoint>,
-    pub work: EchoPoint,
+    pub pipelined: EchoPoint,
+    pub work: Option<EchoPoint>,
 }
 
 // ANCHOR: best_of
@@ -90,10 +91,13 @@ impl Matrix {
         match (&memory.error, memory.bytes_per_connection()) {
             (Some(e), _) => eprintln!("    {}: memory FAILED: {e}", server.name),
             (None, Some(bytes)) => eprintln!(
-                "    {}: {bytes:.0} B per idle connection, threads {} -> {}",
+                "    {}: {bytes:.0} B per idle connection, threads {} -> {}{}",
                 server.name,
                 show(memory.threads_idle),
-                show(memory.threads_held)
+                show(memory.threads_held),
+                memory
+                    .stack_bytes_per_connection
+                    .map_or_else(String::new, |b| format!(", {b} B of goroutine stack each"))
             ),
             (None, None) => {}
         }
@@ -101,25 +105,44 @@ impl Matrix {
     }
 
     /// One pass over one server: messages/s at every connection count, then
-    /// the CPU-work point, each on a fresh server process.
+    /// pipelined, then the CPU-work point (the floor does no work), each on a
+    /// fresh server process.
     pub fn echo_pass(&self, server: &Server) -> EchoPass {
         eprintln!("    {}", server.name);
         let mut echo = Vec::new();
         let mut process = None;
         for &connections in &self.settings.connection_counts {
-            echo.push(self.echo_point(server, &mut process, connections, 0));
+            echo.push(self.echo_point(server, &mut process, connections, 0, 1));
         }
         stop(process);
 
         let mut process = None;
-        let work = self.echo_point(
+        let pipelined = self.echo_point(
             server,
             &mut process,
-            self.settings.work_connections,
-            self.settings.work_us,
+            self.settings.pipeline_connections,
+            0,
+            self.settings.pipeline_depth,
         );
         stop(process);
-        EchoPass { echo, work }
+
+        let work = server.does_work().then(|| {
+            let mut process = None;
+            let point = self.echo_point(
+                server,
+                &mut process,
+                self.settings.work_connections,
+                self.settings.work_us,
+                1,
+            );
+            stop(process);
+            point
+        });
+        EchoPass {
+            echo,
+            pipelined,
+            work,
+        }
     }
 
     /// One echo point, (re)starting the server if it is not running — a
@@ -130,10 +153,12 @@ impl Matrix {
         process: &mut Option<ServerProcess>,
         connections: usize,
         work_us: u32,
+        pipeline: usize,
     ) -> EchoPoint {
         let mut point = EchoPoint {
             connections,
             work_us,
+            pipeline,
             ..EchoPoint::default()
         };
         if process.as_ref().is_none_or(|p| !p.is_running()) {
@@ -158,6 +183,7 @@ impl Matrix {
         command
             .args(["--conns", &connections.to_string()])
             .args(["--size", &self.settings.message_size.to_string()])
+            .args(["--pipeline", &pipeline.to_string()])
             .args(["--warmup", &secs(self.timing.warmup)])
             .args(["--duration", &secs(self.timing.measure)]);
         match run_json::<EchoReport>(&mut command) {
@@ -185,9 +211,11 @@ impl Matrix {
             });
         }
         match &point.error {
-            Some(e) => eprintln!("    {connections:>6} conns, work {work_us} us: FAILED: {e}"),
+            Some(e) => eprintln!(
+                "    {connections:>6} conns, depth {pipeline}, work {work_us} us: FAILED: {e}"
+            ),
             None => eprintln!(
-                "    {connections:>6} conns, work {work_us} us: {} msg/s, p99 {} us",
+                "    {connections:>6} conns, depth {pipeline}, work {work_us} us: {} msg/s, p99 {} us",
                 show(point.messages_per_sec),
                 show(point.p99_us)
             ),
@@ -279,7 +307,12 @@ impl Matrix {
             )),
             Ok(_) => None,
         };
-        stop(Some(process));
+        // A Go server's summary says what its goroutine stacks cost when the
+        // most connections were open; the others' summaries have no such key.
+        if let Ok(counts) = super::scenarios::summary_of(process) {
+            probe.stack_bytes_per_connection = counts.get("stack_bytes_per_connection").copied();
+            probe.goroutines_held = counts.get("peak_goroutines").copied();
+        }
         probe
     }
     // ANCHOR_END: memory_probe
@@ -375,8 +408,9 @@ pub(super) fn first_line(e: &std::io::Error) -> String {
     e.to_string().lines().next().unwrap_or_default().to_string()
 }
 
-/// The loadgen binary exists (built by `cargo build --release -p loadgen`).
-pub fn check_binaries(release_dir: &Path, servers: &[Server]) -> Result<(), String> {
+/// The loadgen binary exists (built by `cargo build --release -p loadgen`),
+/// and so does every server in `servers`.
+pub fn check_binaries(release_dir: &Path, servers: &[&Server]) -> Result<(), String> {
     let mut missing: Vec<String> = Vec::new();
     if !release_dir.join("loadgen").exists() {
         missing.push("loadgen".into());

@@ -8,13 +8,17 @@
 //!   scenarios (see `scenarios.rs`) and keep the committed matrix
 //! - `cargo xtask results --check`   re-render in memory and fail if any generated
 //!   file differs from it (no measuring; the test command runs this)
+//! - `cargo xtask results --quick --server go-echo`  measure one server (or a
+//!   few), print its numbers as JSON, write nothing
 //!
 //! Everything generated lives under `book/src`: `results.md`, `results/*.svg`,
 //! `generated/<server>.md` and the chapter scenario tables
 //! `generated/<chapter>-<table>.md`. The numbers come from `results/data.json`
 //! only, so a hand-edited number is a `--check` failure.
 
+mod claims;
 mod data;
+pub(crate) mod format;
 mod machine;
 mod measure;
 mod plot;
@@ -25,8 +29,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use c1m_benches::{
-    CONNECTION_COUNTS, CorePlan, IDLE_CONNECTIONS, MESSAGE_SIZE, REFERENCE, SERVERS,
-    WORK_CONNECTIONS, WORK_US,
+    CONNECTION_COUNTS, CorePlan, FLOOR, IDLE_CONNECTIONS, MESSAGE_SIZE, PIPELINE_CONNECTIONS,
+    PIPELINE_DEPTH, REFERENCE, SERVERS, WORK_CONNECTIONS, WORK_US,
 };
 use clap::Args;
 
@@ -55,6 +59,11 @@ pub struct ResultsArgs {
     /// matrix does not cover) and keep the committed matrix numbers.
     #[arg(long, conflicts_with_all = ["check", "render", "quick", "passes"])]
     only_scenarios: bool,
+    /// Measure only this server (repeatable), print its numbers as JSON and
+    /// write nothing: a quick look at one server, e.g. `--quick --server
+    /// go-echo`. The book's numbers always come from a run over all of them.
+    #[arg(long = "server", value_name = "NAME", conflicts_with_all = ["check", "render", "only_scenarios"])]
+    servers: Vec<String>,
 }
 
 pub fn run(args: &ResultsArgs) -> TaskResult {
@@ -81,7 +90,24 @@ pub fn run(args: &ResultsArgs) -> TaskResult {
     let passes = args
         .passes
         .map_or(if args.quick { 1 } else { 2 }, |p| p as usize);
-    let mut data = measure_all(args.quick, passes)?;
+    if !args.servers.is_empty() {
+        for name in &args.servers {
+            if c1m_benches::server(name).is_none() {
+                return Err(TaskError::Failed(format!(
+                    "no server {name} in SERVERS (benches/src/lib.rs)"
+                )));
+            }
+        }
+        let data = measure_all(args.quick, passes, &args.servers)?;
+        println!("{}", to_json(&data)?);
+        eprintln!(
+            "\nresults: measured {} server(s) in {:.0} s; wrote nothing",
+            data.servers.len(),
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
+    let mut data = measure_all(args.quick, passes, &[])?;
     // The servers and loadgen are built by now.
     data.scenarios = Some(measure_scenarios(false)?);
     write_file(&data_path(), &to_json(&data)?)?;
@@ -113,9 +139,19 @@ fn measure_scenarios(build_servers: bool) -> Result<data::ScenarioSet, TaskError
         c1m_benches::release_dir()
     };
     scenarios::build_examples().map_err(TaskError::Failed)?;
-    measure::check_binaries(&release_dir, SERVERS).map_err(TaskError::Failed)?;
+    measure::check_binaries(&release_dir, &c1m_benches::available()).map_err(TaskError::Failed)?;
     c1m_benches::raise_fd_limit(19_000).map_err(TaskError::Failed)?;
     Ok(scenarios::measure_all(&release_dir, cores))
+}
+
+/// `CPU, N cores, Linux K, DATE (UTC)`: the stamp other generated pages
+/// (the profile) carry, in the same words as the results page.
+pub fn describe_this_machine() -> String {
+    let m = machine::this_machine(CorePlan::detect());
+    format!(
+        "{}, {} cores, Linux {}, {} (UTC)",
+        m.cpu, m.cores, m.kernel, m.date
+    )
 }
 
 /// The committed data file every generated page comes from.
@@ -135,15 +171,20 @@ fn relative(path: &Path) -> String {
 }
 
 // ANCHOR: measure_all
-/// Builds the release binaries and measures every server in `SERVERS`, one
-/// after another.
-fn measure_all(quick: bool, passes: usize) -> Result<ResultsData, TaskError> {
+/// Builds the release binaries and measures every server in `SERVERS` (or
+/// only those named in `only`), one after another.
+fn measure_all(quick: bool, passes: usize, only: &[String]) -> Result<ResultsData, TaskError> {
     // Before anything is pinned: pinning shrinks what this process may use.
     let cores = CorePlan::detect();
     eprintln!("==> build loadgen and every server (release)");
     let release_dir = c1m_benches::build_release(&["loadgen"])
         .map_err(|e| TaskError::Failed(format!("building the servers: {e}")))?;
-    measure::check_binaries(&release_dir, SERVERS).map_err(TaskError::Failed)?;
+    // Every server, less a Go one where there is no Go toolchain.
+    let mut measured = c1m_benches::available();
+    if !only.is_empty() {
+        measured.retain(|s| only.iter().any(|name| name == s.name));
+    }
+    measure::check_binaries(&release_dir, &measured).map_err(TaskError::Failed)?;
     let most = CONNECTION_COUNTS.into_iter().max().unwrap_or(1);
     // Servers inherit this process's descriptor limit.
     c1m_benches::raise_fd_limit(most.max(IDLE_CONNECTIONS)).map_err(TaskError::Failed)?;
@@ -172,6 +213,9 @@ fn measure_all(quick: bool, passes: usize) -> Result<ResultsData, TaskError> {
         work_connections: WORK_CONNECTIONS,
         idle_connections: if quick { 2_000 } else { IDLE_CONNECTIONS },
         reference: REFERENCE.to_string(),
+        floor: Some(FLOOR.to_string()),
+        pipeline_depth: PIPELINE_DEPTH,
+        pipeline_connections: PIPELINE_CONNECTIONS,
     };
     let matrix = Matrix {
         release_dir,
@@ -181,17 +225,17 @@ fn measure_all(quick: bool, passes: usize) -> Result<ResultsData, TaskError> {
     };
     eprintln!("    {}", cores.describe());
     eprintln!("\n==> memory per idle connection");
-    let memory: Vec<MemoryProbe> = SERVERS.iter().map(|s| matrix.memory(s)).collect();
+    let memory: Vec<MemoryProbe> = measured.iter().map(|s| matrix.memory(s)).collect();
     // Passes go over every server in turn, so a burst of noise from
     // elsewhere on the machine hits one server's pass, not all of its passes.
-    let mut runs: Vec<Vec<EchoPass>> = SERVERS.iter().map(|_| Vec::new()).collect();
+    let mut runs: Vec<Vec<EchoPass>> = measured.iter().map(|_| Vec::new()).collect();
     for pass in 1..=passes {
         eprintln!("\n==> echo pass {pass} of {passes}");
-        for (server, runs) in SERVERS.iter().zip(runs.iter_mut()) {
+        for (server, runs) in measured.iter().zip(runs.iter_mut()) {
             runs.push(matrix.echo_pass(server));
         }
     }
-    let servers = SERVERS
+    let servers = measured
         .iter()
         .zip(memory)
         .zip(runs)
@@ -201,19 +245,22 @@ fn measure_all(quick: bool, passes: usize) -> Result<ResultsData, TaskError> {
                 .iter()
                 .map(|_| Vec::new())
                 .collect();
+            let mut pipelined = Vec::new();
             let mut work = Vec::new();
             for run in runs {
                 for (points, point) in echo_by_count.iter_mut().zip(run.echo) {
                     points.push(point);
                 }
-                work.push(run.work);
+                pipelined.push(run.pipelined);
+                work.extend(run.work);
             }
             ServerResults {
                 name: server.name.to_string(),
                 kind: server.kind.as_str().to_string(),
                 args: server.args.iter().map(|a| a.to_string()).collect(),
                 echo: echo_by_count.into_iter().map(measure::best_of).collect(),
-                work: measure::best_of(work),
+                pipelined: Some(measure::best_of(pipelined)),
+                work: (!work.is_empty()).then(|| measure::best_of(work)),
                 memory,
             }
         })
@@ -269,8 +316,9 @@ fn write_rendered(data: &ResultsData) -> TaskResult {
 }
 
 /// Files in `book/src/generated/` that other tasks render, from their own
-/// data: never stale here. (`cargo xtask million` writes `million.md`.)
-const RENDERED_ELSEWHERE: &[&str] = &["million.md"];
+/// data: never stale here. (`cargo xtask million` writes `million.md`,
+/// `cargo xtask profile` writes `profile.md`.)
+const RENDERED_ELSEWHERE: &[&str] = &["million.md", "profile.md"];
 
 /// Files in `book/src/generated/` that rendering did not produce.
 fn stale_snippets(files: &[(PathBuf, String)]) -> Vec<PathBuf> {

@@ -17,7 +17,7 @@ const LEGEND_WIDTH: u32 = 250;
 const HEIGHT: u32 = 500;
 
 /// Line colours, one per server in table order; chapters solid, baselines dashed.
-const PALETTE: [RGBColor; 10] = [
+const PALETTE: [RGBColor; 12] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -28,6 +28,9 @@ const PALETTE: [RGBColor; 10] = [
     RGBColor(127, 127, 127),
     RGBColor(188, 189, 34),
     RGBColor(23, 190, 207),
+    // Beyond ten servers (go-echo, and any chapter after 08), so no colour repeats.
+    RGBColor(0, 0, 0),
+    RGBColor(0, 90, 90),
 ];
 
 fn colour(index: usize) -> RGBColor {
@@ -52,7 +55,7 @@ fn lines(data: &ResultsData, value: impl Fn(&ServerResults, usize) -> Option<f64
         .enumerate()
         .map(|(i, server)| Line {
             name: server.name.clone(),
-            dashed: server.kind == "baseline",
+            dashed: server.kind != "chapter",
             colour: colour(i),
             points: server
                 .echo
@@ -65,7 +68,7 @@ fn lines(data: &ResultsData, value: impl Fn(&ServerResults, usize) -> Option<f64
 
 /// `1`, `100`, `1,000`, `10,000` on a log axis.
 fn connections_label(x: &f64) -> String {
-    super::render::thousands(x.round() as u64)
+    super::format::thousands(x.round() as u64)
 }
 
 fn x_range(data: &ResultsData) -> std::ops::Range<f64> {
@@ -136,7 +139,7 @@ fn draw_legend(area: &DrawingArea<SVGBackend<'_>, Shift>, lines: &[Line]) -> Res
         .pos(Pos::new(HPos::Left, VPos::Center));
     let y = 70 + 26 * lines.len() as i32 + 8;
     area.draw(&Text::new(
-        "solid: chapters, dashed: baselines",
+        "solid: chapters, dashed: baselines and the floor",
         (4, y),
         note,
     ))
@@ -186,7 +189,7 @@ pub fn throughput(data: &ResultsData) -> Result<String, String> {
             .x_desc("concurrent connections (log scale)")
             .y_desc("messages per second")
             .x_label_formatter(&connections_label)
-            .y_label_formatter(&|y| super::render::thousands(y.round() as u64))
+            .y_label_formatter(&|y| super::format::thousands(y.round() as u64))
             .axis_desc_style(("sans-serif", 15))
             .label_style(("sans-serif", 13))
             .light_line_style(BLACK.mix(0.05))
@@ -226,7 +229,7 @@ pub fn p99(data: &ResultsData) -> Result<String, String> {
             .x_desc("concurrent connections (log scale)")
             .y_desc("p99 RTT (log scale)")
             .x_label_formatter(&connections_label)
-            .y_label_formatter(&|us| super::render::micros(us.round() as u64))
+            .y_label_formatter(&|us| super::format::micros(us.round() as u64))
             .axis_desc_style(("sans-serif", 15))
             .label_style(("sans-serif", 13))
             .light_line_style(BLACK.mix(0.05))
@@ -249,7 +252,7 @@ pub fn memory(data: &ResultsData) -> Result<String, String> {
         .collect();
     let top = bars.iter().filter_map(|b| b.1).fold(100.0, f64::max);
     let n = bars.len().max(1);
-    let held = super::render::thousands(data.settings.idle_connections as u64);
+    let held = super::format::thousands(data.settings.idle_connections as u64);
     let mut buf = String::new();
     {
         let root = page(&mut buf);
@@ -279,7 +282,7 @@ pub fn memory(data: &ResultsData) -> Result<String, String> {
             .configure_mesh()
             .disable_y_mesh()
             .x_desc("bytes of RSS growth per held connection")
-            .x_label_formatter(&|x| super::render::thousands(x.round() as u64))
+            .x_label_formatter(&|x| super::format::thousands(x.round() as u64))
             .y_label_formatter(&name_of)
             .y_labels(n)
             .axis_desc_style(("sans-serif", 15))
@@ -291,7 +294,7 @@ pub fn memory(data: &ResultsData) -> Result<String, String> {
             let row = n - 1 - i;
             let label_at = (value.unwrap_or(0.0), SegmentValue::CenterOf(row));
             let label = match value {
-                Some(bytes) => format!("{} B", super::render::thousands(bytes.round() as u64)),
+                Some(bytes) => format!("{} B", super::format::thousands(bytes.round() as u64)),
                 None => "failed".to_string(),
             };
             if let Some(bytes) = value {

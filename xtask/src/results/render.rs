@@ -8,7 +8,9 @@ use std::path::PathBuf;
 
 use c1m_benches::Server;
 
+use super::claims;
 use super::data::{EchoPoint, ResultsData, ScenarioSet, ScenarioTable, ServerResults};
+use super::format::{micros, thousands};
 use super::plot;
 use super::scenarios;
 
@@ -46,6 +48,8 @@ pub fn render(data: &ResultsData, servers: &[Server]) -> Result<Vec<(PathBuf, St
         files.push((snippet_path(server.name), not_measured_snippet(server.name)));
     }
     files.extend(scenario_tables(data.scenarios.as_ref()));
+    // The Go appendix's table of the playbook's claims, from all of the above.
+    files.push((claims::path(), claims::render(data)));
     Ok(files)
 }
 
@@ -65,35 +69,12 @@ fn unmeasured<'a>(data: &ResultsData, servers: &'a [Server]) -> Vec<&'a Server> 
 // ---------------------------------------------------------------------------
 // Number formatting: the same everywhere, so tables line up with the plots.
 
-/// `1234567` as `1,234,567`.
-pub fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// `1 conn`, `100 conns`, `10,000 conns`.
 fn conns(n: usize) -> String {
     if n == 1 {
         "1 conn".to_string()
     } else {
         format!("{} conns", thousands(n as u64))
-    }
-}
-
-/// Microseconds as `850 µs`, `1.25 ms`, `42 ms`, `3.1 s`.
-pub fn micros(us: u64) -> String {
-    match us {
-        0..1_000 => format!("{us} µs"),
-        1_000..10_000 => format!("{:.2} ms", us as f64 / 1e3),
-        10_000..1_000_000 => format!("{:.0} ms", us as f64 / 1e3),
-        _ => format!("{:.1} s", us as f64 / 1e6),
     }
 }
 
@@ -150,6 +131,29 @@ fn rate_cell(point: Option<&EchoPoint>) -> String {
 
 fn rate_of(server: Option<&ServerResults>, connections: usize) -> Option<f64> {
     server?.at(connections)?.rate().map(|r| r as f64)
+}
+
+fn work_rate(server: Option<&ServerResults>) -> Option<f64> {
+    server?.work.as_ref()?.rate().map(|r| r as f64)
+}
+
+fn pipelined_rate(server: Option<&ServerResults>) -> Option<f64> {
+    server?.pipelined.as_ref()?.rate().map(|r| r as f64)
+}
+
+/// Server CPU per message at a point, if it succeeded and was measured.
+fn cpu_of(point: Option<&EchoPoint>) -> Option<f64> {
+    let point = point?;
+    if point.error.is_some() {
+        return None;
+    }
+    point.server_cpu_us_per_message.filter(|&us| us > 0.0)
+}
+
+fn cpu_cell(point: Option<&EchoPoint>) -> String {
+    cell(point, |p| {
+        p.server_cpu_us_per_message.map(|us| format!("{us:.1} µs"))
+    })
 }
 
 fn p99_of(server: Option<&ServerResults>, connections: usize) -> Option<f64> {
@@ -242,6 +246,13 @@ fn results_page(data: &ResultsData, servers: &[Server]) -> String {
     for &c in &headline_counts {
         header.push(format!("msgs/s, {}", conns(c)));
     }
+    let pipelined_header = pipelined_label(s);
+    if pipelined_header.is_some() {
+        header.push(format!(
+            "msgs/s, {}",
+            pipelined_label(s).unwrap_or_default()
+        ));
+    }
     header.push("p99, 100 conns".to_string());
     header.push(format!("msgs/s, `--work-us {}`", s.work_us));
     header.push("bytes per idle conn".to_string());
@@ -251,11 +262,14 @@ fn results_page(data: &ResultsData, servers: &[Server]) -> String {
         for &c in &headline_counts {
             row.push(ratio(rate_of(Some(server), c), rate_of(reference, c)));
         }
+        if pipelined_header.is_some() {
+            row.push(ratio(
+                pipelined_rate(Some(server)),
+                pipelined_rate(reference),
+            ));
+        }
         row.push(ratio(p99_of(Some(server), 100), p99_of(reference, 100)));
-        row.push(ratio(
-            server.work.rate().map(|r| r as f64),
-            reference.and_then(|r| r.work.rate()).map(|r| r as f64),
-        ));
+        row.push(ratio(work_rate(Some(server)), work_rate(reference)));
         row.push(ratio(
             server.memory.bytes_per_connection(),
             reference.and_then(|r| r.memory.bytes_per_connection()),
@@ -274,14 +288,19 @@ fn results_page(data: &ResultsData, servers: &[Server]) -> String {
     );
     let mut header = vec!["server".to_string()];
     header.extend(counts.iter().map(|&c| conns(c)));
+    header.extend(pipelined_label(s));
     table_header(&mut page, &header);
     for server in &data.servers {
         let mut row = vec![code(&server.name)];
         row.extend(counts.iter().map(|&c| rate_cell(server.at(c))));
+        if pipelined_label(s).is_some() {
+            row.push(rate_cell(server.pipelined.as_ref()));
+        }
         table_row(&mut page, &row);
     }
     page.push('\n');
     legend_notes(&mut page, data);
+    floor_section(&mut page, data);
 
     // Latency.
     let _ = writeln!(page, "## Round-trip latency\n");
@@ -377,16 +396,16 @@ fn results_page(data: &ResultsData, servers: &[Server]) -> String {
         ],
     );
     for server in &data.servers {
-        let point = Some(&server.work);
+        let Some(point) = server.work.as_ref() else {
+            continue; // the floor does no work
+        };
+        let point = Some(point);
         table_row(
             &mut page,
             &[
                 code(&server.name),
                 rate_cell(point),
-                ratio(
-                    server.work.rate().map(|r| r as f64),
-                    reference.and_then(|r| r.work.rate()).map(|r| r as f64),
-                ),
+                ratio(work_rate(Some(server)), work_rate(reference)),
                 cell(point, |p| p.p50_us.map(micros)),
                 cell(point, |p| p.p99_us.map(micros)),
                 cell(point, |p| p.p999_us.map(micros)),
@@ -461,8 +480,8 @@ fn results_page(data: &ResultsData, servers: &[Server]) -> String {
         let names: Vec<String> = missing.iter().map(|s| code(s.name)).collect();
         let _ = writeln!(
             page,
-            "Not measured in this run (added to the server list since): {}. Run `cargo xtask \
-             results` to include them.\n",
+            "Not measured in this run (added to the server list since, or skipped for lack \
+             of a toolchain): {}. Run `cargo xtask results` to include them.\n",
             names.join(", ")
         );
     }
@@ -484,6 +503,73 @@ fn results_page(data: &ResultsData, servers: &[Server]) -> String {
          from the same file."
     );
     page
+}
+
+/// `100 conns × 16 in flight`, if the data has a pipelined point.
+fn pipelined_label(s: &super::data::Settings) -> Option<String> {
+    (s.pipeline_depth > 1).then(|| {
+        format!(
+            "{} × {} in flight",
+            conns(s.pipeline_connections),
+            s.pipeline_depth
+        )
+    })
+}
+
+/// Server CPU per message at every point, and how far each server is from
+/// the floor: the kernel's own cost of an echo.
+fn floor_section(page: &mut String, data: &ResultsData) {
+    let Some(floor) = data.floor() else {
+        return;
+    };
+    let s = &data.settings;
+    let counts = &s.connection_counts;
+    let _ = writeln!(
+        page,
+        "## Against the floor: server CPU per message
+"
+    );
+    let _ = writeln!(
+        page,
+        "{} is the smallest epoll loop that can echo: one `read` and one `write` per \
+         readiness event and nothing else (it is not a conformant server: no partial writes, \
+         no back-pressure, no EMFILE handling). Its CPU time per message is what the kernel's \
+         TCP path costs on this machine; how far another server sits above it is what that \
+         server's own code adds. Server CPU time per echoed message, from `/proc/PID/stat` \
+         over the measured window (every process and thread of the server counted):\n",
+        code(&floor.name)
+    );
+    let mut header = vec!["server".to_string()];
+    header.extend(counts.iter().map(|&c| conns(c)));
+    header.extend(pipelined_label(s));
+    let floor_counts: Vec<usize> = [100, 1_000]
+        .into_iter()
+        .filter(|c| counts.contains(c))
+        .collect();
+    header.extend(
+        floor_counts
+            .iter()
+            .map(|&c| format!("vs floor, {}", conns(c))),
+    );
+    table_header(page, &header);
+    for server in &data.servers {
+        let mut row = vec![code(&server.name)];
+        row.extend(counts.iter().map(|&c| cpu_cell(server.at(c))));
+        if pipelined_label(s).is_some() {
+            row.push(cpu_cell(server.pipelined.as_ref()));
+        }
+        for &c in &floor_counts {
+            row.push(ratio(cpu_of(server.at(c)), cpu_of(floor.at(c))));
+        }
+        table_row(page, &row);
+    }
+    page.push('\n');
+    let _ = writeln!(
+        page,
+        "At one connection the loop sleeps between messages, so its wake-ups are part of each \
+         message's cost there. Below 1.10× of the floor, a server has almost nothing of its own \
+         left to remove at ping-pong; the rest is the kernel.\n"
+    );
 }
 
 /// One sentence each: who moved the most messages, who held connections cheapest.
@@ -528,13 +614,12 @@ fn legend_notes(page: &mut String, data: &ResultsData) {
     let any_busy = data
         .servers
         .iter()
-        .flat_map(|s| s.echo.iter().chain(std::iter::once(&s.work)))
+        .flat_map(ServerResults::points)
         .any(|p| p.error.is_none() && loadgen_busy(p));
-    let any_failed = data.servers.iter().any(|s| {
-        s.echo.iter().any(|p| p.error.is_some())
-            || s.work.error.is_some()
-            || s.memory.error.is_some()
-    });
+    let any_failed = data
+        .servers
+        .iter()
+        .any(|s| s.points().any(|p| p.error.is_some()) || s.memory.error.is_some());
     if any_busy {
         let _ = writeln!(
             page,
@@ -550,13 +635,16 @@ fn legend_notes(page: &mut String, data: &ResultsData) {
 fn failures(page: &mut String, data: &ResultsData) {
     let mut lines = Vec::new();
     for server in &data.servers {
-        for point in server.echo.iter().chain(std::iter::once(&server.work)) {
+        for point in server.points() {
             if let Some(e) = &point.error {
-                let work = if point.work_us > 0 {
+                let mut work = if point.work_us > 0 {
                     format!(", `--work-us {}`", point.work_us)
                 } else {
                     String::new()
                 };
+                if point.pipeline > 1 {
+                    let _ = write!(work, ", {} in flight", point.pipeline);
+                }
                 lines.push(format!(
                     "- {} at {} connections{work}: {e}",
                     code(&server.name),
@@ -597,7 +685,7 @@ fn table_header(page: &mut String, cells: &[String]) {
     table_row(page, &rule);
 }
 
-fn table_row(page: &mut String, cells: &[String]) {
+pub(super) fn table_row(page: &mut String, cells: &[String]) {
     let _ = writeln!(page, "| {} |", cells.join(" | "));
 }
 
@@ -633,14 +721,49 @@ fn snippet(data: &ResultsData, server: &ServerResults) -> String {
             .map(|&c| cell(server.at(c), |p| p.p99_us.map(micros))),
     );
     table_row(&mut out, &p99s);
+    let mut cpu = vec!["server CPU per message".to_string()];
+    cpu.extend(s.connection_counts.iter().map(|&c| cpu_cell(server.at(c))));
+    table_row(&mut out, &cpu);
+    if let Some(floor) = data.floor().filter(|f| f.name != server.name) {
+        let mut ratios = vec![format!("CPU per message vs {}", code(&floor.name))];
+        ratios.extend(
+            s.connection_counts
+                .iter()
+                .map(|&c| ratio(cpu_of(server.at(c)), cpu_of(floor.at(c)))),
+        );
+        table_row(&mut out, &ratios);
+    }
     out.push('\n');
+    against_chapter_03(&mut out, data, server);
 
     let versus = |mine: Option<f64>, theirs: Option<f64>| match reference {
         Some(_) => format!(" ({} {reference_name})", ratio(mine, theirs)),
         None => String::new(),
     };
-    let work = &server.work;
+    if let (Some(label), Some(point)) = (pipelined_label(s), server.pipelined.as_ref()) {
+        match point.rate() {
+            Some(rate) => {
+                let _ = writeln!(
+                    out,
+                    "Pipelined, {label}: {} msgs/s{}, {} of server CPU per message.\n",
+                    thousands(rate),
+                    versus(Some(rate as f64), pipelined_rate(reference)),
+                    cpu_of(Some(point)).map_or_else(|| "–".to_string(), |us| format!("{us:.2} µs"))
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "Pipelined, {label}: failed ({}).\n",
+                    point.error.as_deref().unwrap_or("no result")
+                );
+            }
+        }
+    }
+    let no_work = EchoPoint::default();
+    let work = server.work.as_ref().unwrap_or(&no_work);
     match (work.rate(), &work.error) {
+        _ if server.work.is_none() => {}
         (Some(rate), None) => {
             let _ = writeln!(
                 out,
@@ -648,10 +771,7 @@ fn snippet(data: &ResultsData, server: &ServerResults) -> String {
                 s.work_us,
                 thousands(s.work_connections as u64),
                 thousands(rate),
-                versus(
-                    Some(rate as f64),
-                    reference.and_then(|r| r.work.rate()).map(|r| r as f64)
-                ),
+                versus(Some(rate as f64), work_rate(reference)),
                 work.p99_us.map_or_else(|| "–".to_string(), micros)
             );
         }
@@ -674,9 +794,18 @@ fn snippet(data: &ResultsData, server: &ServerResults) -> String {
                 Some(t) => format!(", {} threads", thousands(t as u64)),
                 None => String::new(),
             };
+            // A Go server also says how much of that is goroutine stack.
+            let stack = m
+                .stack_bytes_per_connection
+                .map_or_else(String::new, |stack| {
+                    format!(
+                        ", {} B of it goroutine stack (`runtime.MemStats.StackInuse`)",
+                        thousands(stack)
+                    )
+                });
             let _ = writeln!(
                 out,
-                "Holding {held} idle connections: {} B of userland memory per connection{}{threads}.\n",
+                "Holding {held} idle connections: {} B of userland memory per connection{}{stack}{threads}.\n",
                 thousands(b.round() as u64),
                 versus(
                     Some(b),
@@ -699,6 +828,48 @@ fn snippet(data: &ResultsData, server: &ServerResults) -> String {
         stamp(data)
     );
     out
+}
+
+/// Chapter 03: the last chapter before the worker pool, and what every later
+/// chapter must not fall behind at ping-pong.
+const CHAPTER_03: &str = "ch03-epoll-edge-triggered";
+
+/// For chapters after 03: one sentence on what the chapter costs at
+/// ping-pong against chapter 03, from the same run.
+fn against_chapter_03(out: &mut String, data: &ResultsData, server: &ServerResults) {
+    let number = server
+        .name
+        .strip_prefix("ch")
+        .and_then(|rest| rest.get(..2))
+        .and_then(|n| n.parse::<u32>().ok());
+    if server.kind != "chapter" || number.is_none_or(|n| n <= 3) {
+        return;
+    }
+    let Some(ch03) = data.server(CHAPTER_03) else {
+        return;
+    };
+    let parts: Vec<String> = [100, 1_000]
+        .into_iter()
+        .filter(|c| data.settings.connection_counts.contains(c))
+        .map(|c| {
+            let us = |p: Option<f64>| p.map_or_else(|| "–".to_string(), |us| format!("{us:.1} µs"));
+            format!(
+                "{} its messages/s at {} connections ({} against {} of server CPU per message)",
+                ratio(rate_of(Some(server), c), rate_of(Some(ch03), c)),
+                thousands(c as u64),
+                us(cpu_of(server.at(c))),
+                us(cpu_of(ch03.at(c))),
+            )
+        })
+        .collect();
+    if parts.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "Against chapter 03 at ping-pong (`--work-us 0`, same run): {}.\n",
+        parts.join("; ")
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -785,22 +956,6 @@ fn not_measured_snippet(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn thousands_groups_digits_in_threes() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1_000), "1,000");
-        assert_eq!(thousands(1_234_567), "1,234,567");
-    }
-
-    #[test]
-    fn micros_picks_a_readable_unit() {
-        assert_eq!(micros(850), "850 µs");
-        assert_eq!(micros(1_250), "1.25 ms");
-        assert_eq!(micros(42_000), "42 ms");
-        assert_eq!(micros(3_100_000), "3.1 s");
-    }
 
     #[test]
     fn ratio_needs_both_sides() {

@@ -17,9 +17,9 @@ use loadgen::report::{EchoReport, HoldReport};
 use loadgen::server::ServerProcess;
 
 use super::data::{MemoryProbe, ScenarioRow, ScenarioSet, ScenarioTable, Settings};
+use super::format::{micros, thousands};
 use super::machine;
 use super::measure::{self, Matrix, Timing};
-use super::render::{micros, thousands};
 
 /// Every table the scenarios produce, as (chapter, id). The pages include
 /// `generated/<chapter>-<id>.md`; a table missing from the data (an older
@@ -144,7 +144,7 @@ fn summary_counts(line: &str) -> BTreeMap<String, u64> {
 }
 
 /// Stops a server with SIGINT and returns the counters of its summary line.
-fn summary_of(process: ServerProcess) -> Result<BTreeMap<String, u64>, String> {
+pub(super) fn summary_of(process: ServerProcess) -> Result<BTreeMap<String, u64>, String> {
     let shutdown = process
         .shutdown()
         .map_err(|e| format!("stopping the server: {e}"))?;
@@ -556,16 +556,33 @@ impl Bench {
 
     // ANCHOR: worker_pool
     /// Chapter 03 (work on the loop) against chapter 04 with each pool, at
-    /// `--work-us 200` and at 0; 100 connections, 64-byte messages. The
+    /// `--work-us 200` (where `--offload auto` hands every read to the pool)
+    /// and at 0 (where it hands none over; `--offload always` shows what the
+    /// hand-off alone costs); 100 connections, 64-byte messages. The
     /// servers are not pinned: chapter 04's workers need both cores.
     fn worker_pool(&self) -> (ScenarioTable, ScenarioTable) {
-        let servers: [(&str, &str, &[&str]); 3] = [
+        type Row = (&'static str, &'static str, &'static [&'static str]);
+        let at_200: &[Row] = &[
             ("03, work on the loop", "ch03-epoll-edge-triggered", &[]),
             ("04 `--pool hand`", "ch04-worker-pool", &["--pool", "hand"]),
             (
                 "04 `--pool rayon`",
                 "ch04-worker-pool",
                 &["--pool", "rayon"],
+            ),
+        ];
+        let at_0: &[Row] = &[
+            ("03, work on the loop", "ch03-epoll-edge-triggered", &[]),
+            ("04 `--offload auto`: on the loop", "ch04-worker-pool", &[]),
+            (
+                "04 `--offload always --pool hand`",
+                "ch04-worker-pool",
+                &["--offload", "always", "--pool", "hand"],
+            ),
+            (
+                "04 `--offload always --pool rayon`",
+                "ch04-worker-pool",
+                &["--offload", "always", "--pool", "rayon"],
             ),
         ];
         let columns = [
@@ -578,10 +595,11 @@ impl Bench {
             "server CPU-µs/msg",
         ];
         let mut out = Vec::new();
-        for work in ["200", "0"] {
+        for (work, servers) in [("200", at_200), ("0", at_0)] {
             let mut t = table("ch04-worker-pool", &format!("work-{work}"), &columns);
             let mut loop_rate = None;
-            for (label, server, args) in servers {
+            let mut cpu_per_message = Vec::new();
+            for &(label, server, args) in servers {
                 let mut all = args.to_vec();
                 all.extend(["--work-us", work]);
                 match self.echo_unpinned(server, &all, 100) {
@@ -589,6 +607,7 @@ impl Bench {
                         let rate = report.messages_per_sec;
                         let base = *loop_rate.get_or_insert(rate);
                         let cpu = report.cpu.server.as_ref();
+                        cpu_per_message.push(cpu.and_then(|c| c.us_per_message));
                         t.rows.push(row(vec![
                             label.to_string(),
                             n(rate.round() as u64),
@@ -600,8 +619,24 @@ impl Bench {
                                 .map_or("–".into(), |us| format!("{us:.1}")),
                         ]));
                     }
-                    Err(e) => t.rows.push(failed(label, e)),
+                    Err(e) => {
+                        cpu_per_message.push(None);
+                        t.rows.push(failed(label, e));
+                    }
                 }
+            }
+            // At work 0, rows 2 and 3 differ only by the hand-off.
+            if let (Some(Some(inline)), Some(Some(handed))) =
+                (cpu_per_message.get(1), cpu_per_message.get(2))
+                && work == "0"
+            {
+                t.notes.push(format!(
+                    "The hand-off alone (a copy, the channel, a worker wake-up, the eventfd, \
+                     taking the result back) cost {:.1} µs of server CPU per message here: \
+                     {handed:.1} µs with `--offload always` against {inline:.1} µs with the \
+                     work on the loop.",
+                    handed - inline
+                ));
             }
             out.push(t);
         }
@@ -657,7 +692,7 @@ impl Bench {
                 "threads",
             ],
         );
-        let plan: [(&str, usize); 7] = [
+        let plan: [(&str, usize); 8] = [
             ("ch01-thread-per-connection", 5_000),
             ("ch02-epoll-level-triggered", 19_000),
             ("ch03-epoll-edge-triggered", 19_000),
@@ -665,13 +700,19 @@ impl Bench {
             ("ch05-buffer-pool", 19_000),
             ("tokio-echo", 19_000),
             ("mio-echo", 19_000),
+            // Only where a Go toolchain is installed (no row otherwise).
+            ("go-echo", 19_000),
         ];
+        let available = c1m_benches::available();
         for (name, connections) in plan {
             let label = format!("`{name}`");
             let Some(server) = c1m_benches::server(name) else {
                 t.rows.push(failed(&label, "not in SERVERS".to_string()));
                 continue;
             };
+            if !available.contains(&server) {
+                continue;
+            }
             let probe = self.memory_probe(server, connections);
             let cells = || -> Option<Vec<String>> {
                 Some(vec![
@@ -713,6 +754,9 @@ impl Bench {
                 work_connections: 0,
                 idle_connections: connections,
                 reference: c1m_benches::REFERENCE.to_string(),
+                floor: None,
+                pipeline_depth: 0,
+                pipeline_connections: 0,
             },
         };
         matrix.memory(server)

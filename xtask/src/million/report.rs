@@ -1,0 +1,530 @@
+//! What a million run measured, the verdict against the targets, and the
+//! page the book shows for a recorded run.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use loadgen::report::{ErrorCounts, Latency};
+use serde::{Deserialize, Serialize};
+
+use super::host::{CoreTime, HostSnapshot};
+use super::{
+    FILE_HANDLE_SLACK, KERNEL_RETURN_SHARE, KERNEL_RETURN_SLACK, TARGET_CONNS,
+    TARGET_ESTABLISH_SECONDS, TARGET_P99_RATIO, TARGET_USER_BYTES_PER_CONN, TIME_WAIT_SLACK,
+    USER_RETURN_SHARE, USER_RETURN_SLACK,
+};
+use crate::run::{TaskError, TaskResult, workspace_root};
+
+// ANCHOR: report
+/// Everything the run measured; printed as a table and written as JSON.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(super) struct Report {
+    pub(super) date_utc: String,
+    pub(super) conns: usize,
+    pub(super) active: usize,
+    pub(super) server: String,
+    pub(super) server_procs: String,
+    pub(super) server_processes: usize,
+    pub(super) server_plan: Option<String>,
+    pub(super) loadgen_plan: Option<String>,
+    pub(super) loadgen_processes: usize,
+    pub(super) pinned: bool,
+    pub(super) hold_seconds: u64,
+    /// loadgen's count of connections open at the end of its ramp.
+    pub(super) established: usize,
+    /// The most the server counted open at once.
+    pub(super) server_peak_open: u64,
+    /// loadgen's ramp, first connect to last established (the slowest process).
+    pub(super) establish_seconds: f64,
+    /// From starting loadgen until the server counted all N open.
+    pub(super) server_saw_all_seconds: f64,
+    pub(super) connections_answered: u64,
+    pub(super) connections_lost: u64,
+    pub(super) hold_errors: ErrorCounts,
+    pub(super) hold_ok: bool,
+    /// Server open count once a second during the ramp: (seconds, open).
+    pub(super) ramp_timeline: Vec<(f64, u64)>,
+    /// Where the CPU time went during the ramp, per core (`/proc/stat`).
+    pub(super) ramp_cpu: Vec<CoreTime>,
+    pub(super) rtt_no_idle: Option<Probe>,
+    pub(super) rtt_with_idle: Option<Probe>,
+    pub(super) p99_ratio: Option<f64>,
+    pub(super) server_memory: ServerMemory,
+    pub(super) host_baseline: HostSnapshot,
+    pub(super) host_before_ramp: HostSnapshot,
+    pub(super) host_held: HostSnapshot,
+    pub(super) host_after_close: HostSnapshot,
+    pub(super) host_after_exit: HostSnapshot,
+    pub(super) kernel_per_conn: KernelPerConn,
+    pub(super) teardown: Teardown,
+    pub(super) lowest_mem_available: u64,
+    pub(super) targets: Vec<Target>,
+    pub(super) total_seconds: f64,
+}
+
+/// The active probe: `loadgen echo -c ACTIVE --size 64`, closed loop.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Probe {
+    pub(super) connections: usize,
+    pub(super) messages_per_sec: f64,
+    pub(super) rtt_us: Latency,
+    pub(super) ok: bool,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(super) struct ServerMemory {
+    pub(super) rss_before_bytes: u64,
+    pub(super) rss_held_bytes: u64,
+    pub(super) rss_after_close_bytes: u64,
+    pub(super) rss_per_conn_bytes: f64,
+    pub(super) fds_before: usize,
+    pub(super) fds_after_close: usize,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(super) struct KernelPerConn {
+    pub(super) slab_bytes: f64,
+    pub(super) slab_unreclaimable_bytes: f64,
+    pub(super) mem_available_drop_bytes: f64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(super) struct Teardown {
+    pub(super) close_seconds: f64,
+    pub(super) server_exit: String,
+    pub(super) server_killed: bool,
+    pub(super) summary: Option<String>,
+    pub(super) return_seconds: f64,
+}
+
+/// One row of the verdict. `judged`: does a miss fail the run?
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct Target {
+    pub(super) name: String,
+    pub(super) wanted: String,
+    pub(super) measured: String,
+    pub(super) met: bool,
+    pub(super) judged: bool,
+}
+// ANCHOR_END: report
+
+/// Descriptors and kernel memory back to where they were before the
+/// server started, within the slack a shared host needs.
+pub(super) fn host_returned(report: &Report) -> bool {
+    descriptors_returned(report) && kernel_memory_returned(report)
+}
+
+/// Client-side TIME_WAIT sockets back near the count before the run (other
+/// programs on the host close connections meanwhile too).
+pub(super) fn time_wait_drained(report: &Report) -> bool {
+    report.host_after_exit.tcp_tw <= report.host_baseline.tcp_tw + TIME_WAIT_SLACK
+}
+
+fn descriptors_returned(report: &Report) -> bool {
+    report.host_after_exit.file_handles <= report.host_baseline.file_handles + FILE_HANDLE_SLACK
+}
+
+fn kernel_memory_returned(report: &Report) -> bool {
+    let growth = report
+        .host_held
+        .slab_unreclaimable
+        .saturating_sub(report.host_before_ramp.slab_unreclaimable);
+    let allowed = ((growth as f64 * KERNEL_RETURN_SHARE) as u64).max(KERNEL_RETURN_SLACK);
+    report.host_after_exit.slab_unreclaimable <= report.host_baseline.slab_unreclaimable + allowed
+}
+
+fn user_memory_returned(report: &Report) -> bool {
+    let m = &report.server_memory;
+    let growth = m.rss_held_bytes.saturating_sub(m.rss_before_bytes);
+    let allowed = ((growth as f64 * USER_RETURN_SHARE) as u64).max(USER_RETURN_SLACK);
+    m.rss_after_close_bytes <= m.rss_before_bytes + allowed
+}
+
+// ANCHOR: verdict
+pub(super) fn targets(r: &Report) -> Vec<Target> {
+    let n = r.conns;
+    let at_scale = n >= TARGET_CONNS;
+    let mut rows = Vec::new();
+    let held = r.established.min(r.server_peak_open as usize);
+    rows.push(Target {
+        name: "connections held at once".into(),
+        wanted: n.to_string(),
+        measured: format!(
+            "{} (loadgen) / {} (server)",
+            r.established, r.server_peak_open
+        ),
+        met: held >= n,
+        judged: true,
+    });
+    let clean = r.hold_ok && r.connections_lost == 0;
+    rows.push(Target {
+        name: "every connection answered an echo".into(),
+        wanted: format!("{n}, none lost"),
+        measured: format!(
+            "{} answered, {} lost, {} errors",
+            r.connections_answered,
+            r.connections_lost,
+            errors_total(&r.hold_errors)
+        ),
+        met: clean && r.connections_answered >= n as u64,
+        judged: true,
+    });
+    rows.push(Target {
+        name: "time to establish them".into(),
+        wanted: format!("<= {TARGET_ESTABLISH_SECONDS:.0} s (at 1M)"),
+        measured: format!(
+            "{:.1} s ({:.0}/s)",
+            r.establish_seconds,
+            r.established as f64 / r.establish_seconds.max(0.001)
+        ),
+        met: r.establish_seconds <= TARGET_ESTABLISH_SECONDS,
+        judged: at_scale,
+    });
+    rows.push(Target {
+        name: "server userland memory per connection".into(),
+        wanted: format!("< {TARGET_USER_BYTES_PER_CONN:.0} B"),
+        measured: format!("{:.1} B", r.server_memory.rss_per_conn_bytes),
+        met: r.server_memory.rss_per_conn_bytes < TARGET_USER_BYTES_PER_CONN,
+        judged: true,
+    });
+    let probes_ok = [&r.rtt_no_idle, &r.rtt_with_idle].iter().all(|p| {
+        p.as_ref()
+            .is_some_and(|p| p.ok && p.connections == r.active)
+    });
+    rows.push(Target {
+        name: "active connections echoed without error".into(),
+        wanted: format!("{} in both probes", r.active),
+        measured: if probes_ok {
+            "yes".to_string()
+        } else {
+            "errors (see JSON)".to_string()
+        },
+        met: probes_ok,
+        judged: true,
+    });
+    rows.push(Target {
+        name: "p99 RTT of the active, idle held / none".into(),
+        wanted: format!("<= {TARGET_P99_RATIO}x (at 1M)"),
+        measured: match (&r.p99_ratio, &r.rtt_no_idle, &r.rtt_with_idle) {
+            (Some(ratio), Some(none), Some(idle)) => format!(
+                "{ratio:.2}x ({} / {})",
+                ms(idle.rtt_us.p99_us),
+                ms(none.rtt_us.p99_us)
+            ),
+            _ => "not measured".to_string(),
+        },
+        met: r.p99_ratio.is_some_and(|ratio| ratio <= TARGET_P99_RATIO),
+        judged: at_scale,
+    });
+    let fds_ok =
+        r.server_memory.fds_after_close <= r.server_memory.fds_before && descriptors_returned(r);
+    rows.push(Target {
+        name: "tear-down: descriptors back to baseline".into(),
+        wanted: format!("server fds <= before; file-nr <= +{FILE_HANDLE_SLACK}"),
+        measured: format!(
+            "server {} (before {}); file-nr {} (baseline {})",
+            r.server_memory.fds_after_close,
+            r.server_memory.fds_before,
+            r.host_after_exit.file_handles,
+            r.host_baseline.file_handles
+        ),
+        met: fds_ok,
+        judged: true,
+    });
+    rows.push(Target {
+        name: "tear-down: memory back to baseline".into(),
+        wanted: "server RSS and kernel slab".to_string(),
+        measured: format!(
+            "RSS {:.1} MiB (before {:.1}); SUnreclaim {:+.0} MiB vs baseline in {:.1} s, \
+             TIME_WAIT {} (baseline {})",
+            r.server_memory.rss_after_close_bytes as f64 / 1048576.0,
+            r.server_memory.rss_before_bytes as f64 / 1048576.0,
+            (r.host_after_exit.slab_unreclaimable as f64
+                - r.host_baseline.slab_unreclaimable as f64)
+                / 1048576.0,
+            r.teardown.return_seconds,
+            r.host_after_exit.tcp_tw,
+            r.host_baseline.tcp_tw
+        ),
+        met: user_memory_returned(r) && kernel_memory_returned(r),
+        judged: true,
+    });
+    rows.push(Target {
+        name: "server shut down cleanly".into(),
+        wanted: "exit 0 with a summary".to_string(),
+        measured: format!(
+            "{}{}",
+            r.teardown.server_exit,
+            if r.teardown.summary.is_some() {
+                ", summary printed"
+            } else {
+                ", no summary"
+            }
+        ),
+        met: r.teardown.server_exit == "exit code 0"
+            && !r.teardown.server_killed
+            && r.teardown.summary.is_some(),
+        judged: true,
+    });
+    rows
+}
+// ANCHOR_END: verdict
+
+fn errors_total(e: &ErrorCounts) -> u64 {
+    e.mismatches + e.resets + e.unexpected_eof + e.timeouts
+}
+
+pub(super) fn print_report(r: &Report) {
+    print!("{}", report_text(r));
+}
+
+/// The report as the table a person reads (also what the book shows).
+fn report_text(r: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nmillion: {} connections to {} ({} server processes with the supervisor, {} loadgen \
+         processes{})",
+        r.conns,
+        Path::new(&r.server)
+            .file_name()
+            .map_or(r.server.clone(), |f| f.to_string_lossy().into_owned()),
+        r.server_processes,
+        r.loadgen_processes,
+        if r.pinned {
+            ", server on core 0, loadgen on core 1"
+        } else {
+            ""
+        }
+    );
+    let w0 = r.targets.iter().map(|t| t.name.len()).max().unwrap_or(0);
+    let w1 = r
+        .targets
+        .iter()
+        .map(|t| t.wanted.chars().count())
+        .max()
+        .unwrap_or(0);
+    let _ = writeln!(out, "\n  {:<w0$}  {:<w1$}  measured", "target", "wanted");
+    for t in &r.targets {
+        let mark = match (t.met, t.judged) {
+            (true, _) => "✓",
+            (false, true) => "✗",
+            (false, false) => "– (not judged below 1M)",
+        };
+        let _ = writeln!(
+            out,
+            "  {:<w0$}  {:<w1$}  {}  {mark}",
+            t.name, t.wanted, t.measured
+        );
+    }
+    let _ = writeln!(out);
+    for (label, probe) in [
+        ("no idle connections", &r.rtt_no_idle),
+        ("with the idle ones held", &r.rtt_with_idle),
+    ] {
+        if let Some(p) = probe {
+            let _ = writeln!(
+                out,
+                "  RTT, {} active, {label}: {}",
+                p.connections,
+                probe_line(p)
+            );
+        }
+    }
+    let k = &r.kernel_per_conn;
+    let _ = writeln!(
+        out,
+        "  kernel, per connection (both socket ends): Slab {:.0} B, SUnreclaim {:.0} B, \
+         MemAvailable {:.0} B",
+        k.slab_bytes, k.slab_unreclaimable_bytes, k.mem_available_drop_bytes
+    );
+    let (b, h) = (&r.host_before_ramp, &r.host_held);
+    let _ = writeln!(
+        out,
+        "  /proc/net/sockstat: sockets used {} -> {}, TCP inuse {} -> {}, TCP mem {} -> {} pages",
+        b.sockets_used, h.sockets_used, b.tcp_inuse, h.tcp_inuse, b.tcp_mem_pages, h.tcp_mem_pages
+    );
+    let _ = writeln!(
+        out,
+        "  server RSS {:.1} MiB idle, {:.1} MiB holding {}; lowest MemAvailable {:.1} GiB",
+        r.server_memory.rss_before_bytes as f64 / 1048576.0,
+        r.server_memory.rss_held_bytes as f64 / 1048576.0,
+        r.conns,
+        r.lowest_mem_available as f64 / 1073741824.0
+    );
+    if let Some(plan) = &r.loadgen_plan {
+        let _ = writeln!(out, "  {plan}");
+    }
+    if let Some(summary) = &r.teardown.summary {
+        let _ = writeln!(out, "  server {summary}");
+    }
+    let _ = writeln!(out, "  whole run {:.0} s", r.total_seconds);
+    out
+}
+
+// ANCHOR: record
+/// Where `--record` keeps the run the book shows.
+fn recorded_json() -> PathBuf {
+    workspace_root().join("book/src/results/million.json")
+}
+
+fn recorded_page() -> PathBuf {
+    workspace_root().join("book/src/generated/million.md")
+}
+
+/// The book's page for a recorded run: the report exactly as printed.
+fn render_page(r: &Report) -> String {
+    format!(
+        "<!-- Generated by `cargo xtask million --record` into book/src/results/million.json. \
+         Do not edit: re-run it, or check with `cargo xtask test`. -->\n\n\
+         ```text\n$ cargo xtask million --conns {conns}\n{text}```\n\n\
+         <small>Run on {date}; chapter 08's server and loadgen on the same 2-core machine.</small>\n",
+        conns = r.conns,
+        text = report_text(r).trim_start_matches('\n'),
+        date = r.date_utc,
+    )
+}
+
+pub(super) fn record(r: &Report) -> TaskResult {
+    let json = serde_json::to_string_pretty(r)
+        .map_err(|e| TaskError::Failed(format!("encoding the report: {e}")))?;
+    for (path, text) in [
+        (recorded_json(), json + "\n"),
+        (recorded_page(), render_page(r)),
+    ] {
+        fs::write(&path, text)
+            .map_err(|e| TaskError::Failed(format!("writing {}: {e}", path.display())))?;
+        eprintln!("recorded in {}", path.display());
+    }
+    Ok(())
+}
+
+/// For `cargo xtask test`: the recorded page is what the recorded JSON
+/// renders to (nobody edited the numbers by hand).
+pub fn check_recorded() -> TaskResult {
+    let Ok(json) = fs::read_to_string(recorded_json()) else {
+        eprintln!("    no recorded million run (book/src/results/million.json); nothing to check");
+        return Ok(());
+    };
+    let report: Report = serde_json::from_str(&json)
+        .map_err(|e| TaskError::Failed(format!("book/src/results/million.json: {e}")))?;
+    let page = fs::read_to_string(recorded_page()).unwrap_or_default();
+    if page == render_page(&report) {
+        eprintln!("    ok: book/src/generated/million.md matches million.json");
+        Ok(())
+    } else {
+        Err(TaskError::Failed(
+            "book/src/generated/million.md differs from what book/src/results/million.json \
+             renders to; re-record with `cargo xtask million --record`"
+                .into(),
+        ))
+    }
+}
+// ANCHOR_END: record
+
+fn ms(us: u64) -> String {
+    format!("{:.1} ms", us as f64 / 1000.0)
+}
+
+pub(super) fn probe_line(probe: &Probe) -> String {
+    format!(
+        "p50 {} / p99 {} / max {}, {:.0} msgs/s",
+        ms(probe.rtt_us.p50_us),
+        ms(probe.rtt_us.p99_us),
+        ms(probe.rtt_us.max_us),
+        probe.messages_per_sec
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use loadgen::report::Latency;
+
+    use super::*;
+
+    fn passing() -> Report {
+        let probe = Probe {
+            connections: 1000,
+            messages_per_sec: 50_000.0,
+            rtt_us: Latency {
+                samples: 1,
+                p99_us: 20_000,
+                ..Latency::default()
+            },
+            ok: true,
+        };
+        let mut r = Report {
+            conns: 50_000,
+            active: 1000,
+            established: 50_000,
+            server_peak_open: 50_000,
+            establish_seconds: 4.0,
+            connections_answered: 50_000,
+            hold_ok: true,
+            rtt_no_idle: Some(probe.clone()),
+            rtt_with_idle: Some(Probe {
+                rtt_us: Latency {
+                    p99_us: 60_000,
+                    ..probe.rtt_us.clone()
+                },
+                ..probe
+            }),
+            p99_ratio: Some(3.0),
+            ..Report::default()
+        };
+        r.server_memory = ServerMemory {
+            rss_before_bytes: 8 << 20,
+            rss_held_bytes: (8 << 20) + 1_000_000,
+            rss_after_close_bytes: 8 << 20,
+            rss_per_conn_bytes: 20.0,
+            fds_before: 20,
+            fds_after_close: 20,
+        };
+        r.teardown.server_exit = "exit code 0".to_string();
+        r.teardown.summary = Some("summary: connections_served=52000".to_string());
+        r
+    }
+
+    #[test]
+    fn below_a_million_timing_and_latency_are_shown_but_not_judged() {
+        let rows = targets(&passing());
+        let ratio = rows.iter().find(|t| t.name.starts_with("p99")).unwrap();
+        assert!(!ratio.met && !ratio.judged, "{ratio:?}");
+        assert!(rows.iter().filter(|t| t.judged).all(|t| t.met), "{rows:#?}");
+        let at_scale = Report {
+            conns: 1_000_000,
+            ..passing()
+        };
+        let rows = targets(&at_scale);
+        assert!(rows.iter().any(|t| t.judged && !t.met));
+    }
+
+    #[test]
+    fn a_lost_connection_or_a_leak_fails_the_run() {
+        let lost = Report {
+            connections_lost: 1,
+            ..passing()
+        };
+        let failed: Vec<_> = targets(&lost)
+            .into_iter()
+            .filter(|t| t.judged && !t.met)
+            .map(|t| t.name)
+            .collect();
+        assert_eq!(failed, ["every connection answered an echo"]);
+        let mut leaky = passing();
+        leaky.server_memory.fds_after_close = 21;
+        assert!(
+            targets(&leaky)
+                .iter()
+                .any(|t| t.name.contains("descriptors") && !t.met)
+        );
+        let mut bloated = passing();
+        bloated.server_memory.rss_after_close_bytes = (8 << 20) + (3 << 20);
+        assert!(
+            targets(&bloated)
+                .iter()
+                .any(|t| t.name.contains("memory back") && !t.met)
+        );
+    }
+}
