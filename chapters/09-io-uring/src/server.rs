@@ -38,7 +38,10 @@ const INITIAL_CONNECTIONS: usize = 1024;
 const RECV_GROUP: u16 = 0;
 /// Spare `Vec`s kept for echo bytes and jobs, so steady state allocates
 /// nothing; more than this are freed.
-const MAX_SPARE_VECS: usize = 1024;
+const MAX_SPARE_VECS: usize = 256;
+/// Spare `Vec`s bigger than this are freed, not kept: a burst's big buffers
+/// must not stay pinned in the spare list.
+const MAX_SPARE_CAPACITY: usize = 16 * 1024;
 
 // ANCHOR: tokens
 /// The token of the non-connection operations (a slab never issues it).
@@ -457,17 +460,16 @@ impl Server {
             append_vec(&mut output.queued, done.data, &mut self.spare_vecs);
             let held = std::mem::take(&mut output.held);
             if !held.is_empty() {
-                take_input(
+                take_held_input(
                     done.connection,
                     connection,
-                    &held,
+                    held,
                     &mut self.workers,
                     &mut self.spare_vecs,
                     &mut self.totals,
                     self.config,
                 );
             }
-            give_back_vec(&mut self.spare_vecs, held);
             queue_flush(done.connection, connection, &mut self.to_flush);
             self.after_completion(done.connection)?;
         }
@@ -751,19 +753,7 @@ fn take_input(
         connection.output().held.extend_from_slice(data);
         return;
     }
-    let newlines = if config.work_per_newline.is_zero() {
-        0
-    } else {
-        data.iter().filter(|&&byte| byte == b'\n').count()
-    };
-    let cost = config
-        .work_per_newline
-        .saturating_mul(u32::try_from(newlines).unwrap_or(u32::MAX));
-    let offload = match config.offload {
-        Offload::Always => true,
-        Offload::Never => false,
-        Offload::Auto => cost > config.offload_above,
-    };
+    let (offload, newlines) = should_offload(data, config);
     if offload && workers.has_room() {
         let mut job = spare_vecs.pop().unwrap_or_default();
         job.extend_from_slice(data);
@@ -792,6 +782,57 @@ fn take_input(
 }
 // ANCHOR_END: take_input
 
+/// Whether the work for `data` goes to the pool (`--offload`), and how
+/// many newlines (units of `--work-us`) it holds.
+fn should_offload(data: &[u8], config: Config) -> (bool, usize) {
+    let newlines = if config.work_per_newline.is_zero() {
+        0
+    } else {
+        data.iter().filter(|&&byte| byte == b'\n').count()
+    };
+    let cost = config
+        .work_per_newline
+        .saturating_mul(u32::try_from(newlines).unwrap_or(u32::MAX));
+    let offload = match config.offload {
+        Offload::Always => true,
+        Offload::Never => false,
+        Offload::Auto => cost > config.offload_above,
+    };
+    (offload, newlines)
+}
+
+/// Bytes that waited behind a job, now that it is back: like
+/// [`take_input`], but they are already in a `Vec` of their own, so they
+/// move into the job or the send queue instead of being copied again.
+fn take_held_input(
+    token: Token,
+    connection: &mut Connection,
+    held: Vec<u8>,
+    workers: &mut Workers,
+    spare_vecs: &mut Vec<Vec<u8>>,
+    totals: &mut Totals,
+    config: Config,
+) {
+    let (offload, newlines) = should_offload(&held, config);
+    if offload && workers.has_room() {
+        connection.output().working += held.len();
+        connection.job_in_flight = true;
+        workers.submit(Job {
+            connection: token,
+            data: held,
+        });
+        return;
+    }
+    if offload {
+        workers.note_queue_full();
+    }
+    if newlines > 0 {
+        spend_work(&held, config.work_per_newline);
+        totals.inline_work += 1;
+    }
+    append_vec(&mut connection.output().queued, held, spare_vecs);
+}
+
 fn queue_flush(token: Token, connection: &mut Connection, to_flush: &mut Vec<Token>) {
     if !connection.flush_queued
         && connection
@@ -817,7 +858,10 @@ fn append_vec(queue: &mut Vec<u8>, mut data: Vec<u8>, spare_vecs: &mut Vec<Vec<u
 }
 
 fn give_back_vec(spare_vecs: &mut Vec<Vec<u8>>, mut vec: Vec<u8>) {
-    if vec.capacity() > 0 && vec.capacity() <= 64 * 1024 && spare_vecs.len() < MAX_SPARE_VECS {
+    if vec.capacity() > 0
+        && vec.capacity() <= MAX_SPARE_CAPACITY
+        && spare_vecs.len() < MAX_SPARE_VECS
+    {
         vec.clear();
         spare_vecs.push(vec);
     }
