@@ -36,8 +36,15 @@ fn data_reaches_its_connection_and_the_buffer_goes_back() {
     reactor.on_recv(c);
     assert_eq!(reactor.connection(a).unwrap().received, b"ping\n");
     assert_eq!(reactor.connection(b).unwrap().received, b"pong\n");
-    assert_eq!(reactor.buffers.available(), 4, "both buffers back in the ring");
-    assert!(reactor.connection(a).unwrap().recv_armed, "MORE: still armed");
+    assert_eq!(
+        reactor.buffers.available(),
+        4,
+        "both buffers back in the ring"
+    );
+    assert!(
+        reactor.connection(a).unwrap().recv_armed,
+        "MORE: still armed"
+    );
     assert!(reactor.to_rearm.is_empty());
 }
 
@@ -57,7 +64,11 @@ fn a_completion_for_a_closed_connection_returns_its_buffer_and_reaches_no_one() 
         reactor.connection(b).unwrap().received.is_empty(),
         "A's bytes must not reach B"
     );
-    assert_eq!(reactor.buffers.available(), 4, "the buffer came back anyway");
+    assert_eq!(
+        reactor.buffers.available(),
+        4,
+        "the buffer came back anyway"
+    );
 }
 
 #[test]
@@ -90,7 +101,10 @@ fn eof_ends_the_receive_without_a_rearm() {
     let connection = reactor.connection(a).unwrap();
     assert!(connection.peer_closed);
     assert!(!connection.recv_armed);
-    assert!(reactor.to_rearm.is_empty(), "nothing more will come: no re-arm");
+    assert!(
+        reactor.to_rearm.is_empty(),
+        "nothing more will come: no re-arm"
+    );
 }
 
 #[test]
