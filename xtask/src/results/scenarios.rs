@@ -34,6 +34,7 @@ pub const TABLES: &[(&str, &str)] = &[
     ("ch06-idle-timeouts", "reap-lateness"),
     ("ch07-core-pinning", "balance"),
     ("ch07-core-pinning", "reactors"),
+    ("ch09-io-uring", "syscalls"),
 ];
 
 /// Where a scenario table lives, under `book/src`.
@@ -70,6 +71,9 @@ pub fn measure_all(release_dir: &Path, cores: CorePlan) -> ScenarioSet {
     tables.push(timed("ch06 reap lateness", reap_lateness));
     tables.push(timed("ch07 connection balance", || bench.balance()));
     tables.push(timed("ch07 reactors and pinning", || bench.reactors()));
+    tables.push(timed("ch09 syscalls per message", || {
+        bench.io_uring_syscalls()
+    }));
     ScenarioSet {
         machine: machine::this_machine(cores),
         seconds: started.elapsed().as_secs_f64().round(),
@@ -423,10 +427,83 @@ impl Bench {
     }
     // ANCHOR_END: syscalls
 
+    // ANCHOR: io_uring_syscalls
+    /// Chapter 09: workload (a) of chapters 02/03 (300,000 64-byte messages
+    /// over 100 connections) on chapter 03 and on chapter 09, with and
+    /// without `--sqpoll`. Chapter 03's calls are its summary's
+    /// `epoll_wait`, `epoll_ctl`, `read` and `write`; chapter 09's are its
+    /// `io_uring_enter` calls (and `accept4`, used only to shed).
+    fn io_uring_syscalls(&self) -> ScenarioTable {
+        let columns = [
+            "server",
+            "messages",
+            "system calls",
+            "syscalls / message",
+            "completions / enter",
+        ];
+        let mut t = table("ch09-io-uring", "syscalls", &columns);
+        let mut per_message: BTreeMap<&str, f64> = BTreeMap::new();
+        let servers: [(&str, &str, &[&str]); 3] = [
+            ("03 ET", "ch03-epoll-edge-triggered", &[]),
+            ("09 io_uring", "ch09-io-uring", &[]),
+            ("09 io_uring --sqpoll", "ch09-io-uring", &["--sqpoll"]),
+        ];
+        for (label, server, args) in servers {
+            let r = self
+                .ping_pong_counts_with(server, args)
+                .and_then(|(messages, counts)| {
+                    let get = |k| count(&counts, k);
+                    let (calls, per_enter) = if server == "ch09-io-uring" {
+                        let enters = get("io_uring_enter")?;
+                        let per_enter = get("completions")? as f64 / enters.max(1) as f64;
+                        (enters + get("accept")?, format!("{per_enter:.1}"))
+                    } else {
+                        (
+                            get("epoll_wait")? + get("epoll_ctl")? + get("read")? + get("write")?,
+                            "–".to_string(),
+                        )
+                    };
+                    let per = calls as f64 / messages.max(1) as f64;
+                    per_message.insert(label, per);
+                    Ok(vec![
+                        label.to_string(),
+                        n(messages),
+                        n(calls),
+                        format!("{per:.3}"),
+                        per_enter,
+                    ])
+                });
+            t.rows.push(match r {
+                Ok(cells) => row(cells),
+                Err(e) => failed(label, e),
+            });
+        }
+        if let (Some(&et), Some(&uring)) =
+            (per_message.get("03 ET"), per_message.get("09 io_uring"))
+        {
+            t.notes.push(format!(
+                "ping-pong, 100 connections: chapter 09 makes {} the system calls per message of \
+                 chapter 03.",
+                times(uring, et)
+            ));
+        }
+        t
+    }
+    // ANCHOR_END: io_uring_syscalls
+
     /// (a): exactly 300,000 messages; the count is loadgen's, so it is exact.
     fn ping_pong_counts(&self, server: &str) -> Result<(u64, BTreeMap<String, u64>), String> {
+        self.ping_pong_counts_with(server, &[])
+    }
+
+    /// (a) with extra server flags.
+    fn ping_pong_counts_with(
+        &self,
+        server: &str,
+        args: &[&str],
+    ) -> Result<(u64, BTreeMap<String, u64>), String> {
         const MESSAGES: u64 = 300_000;
-        let process = self.start_pinned(server, &[])?;
+        let process = self.start_pinned(server, args)?;
         let mut echo = self.loadgen("echo", &process, true);
         echo.args(["--conns", "100", "--size", "64"])
             .args(["--messages", &MESSAGES.to_string()]);

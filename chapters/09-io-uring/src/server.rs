@@ -1,0 +1,968 @@
+//! One reactor on io_uring: a thread with its own ring, provided buffer
+//! ring, `SO_REUSEPORT` listener, slab, worker pool and timer wheel; it
+//! shares nothing with the other reactors.
+//!
+//! Chapter 08's reactor asked "what is ready?" and then paid a syscall per
+//! read and per write. This one says what it wants done (accept on this
+//! listener, receive on this socket, send these bytes) and later reaps what
+//! was done. One `io_uring_enter` per turn submits everything the last turn
+//! queued and waits for the next completions. The accept and every
+//! receive are multishot: armed once, they keep posting completions. A
+//! receive names no buffer: the kernel picks one from the buffer ring when
+//! data arrives, and we give it back as soon as the bytes are copied out.
+//!
+//! The new rule in the completion model: a buffer, a descriptor or a slot
+//! the kernel may still use is not ours to free or reuse. So closing a
+//! connection cancels its operations and waits for their last completions
+//! before its descriptor is closed and its slot reused.
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::connection::{Connection, Output, Recv};
+use crate::idle::IdleTimeouts;
+use crate::op::{self, Op};
+use crate::ring::{BufRing, Completion, Ring, RingStats};
+use crate::slab::{Slab, Token};
+use crate::sys::{self, EventFd, Fd, Listener, Socket};
+use crate::timer_wheel::TimerStats;
+use crate::workers::{Completed, Job, PoolKind, WorkerStats, Workers, spend_work};
+
+/// How long to stop accepting when accept fails and we cannot shed the
+/// connection (see `on_accept_error`).
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// Slab slots allocated up front; it grows (by doubling) past this.
+const INITIAL_CONNECTIONS: usize = 1024;
+/// The buffer group id of the receive buffer ring (one ring per reactor).
+const RECV_GROUP: u16 = 0;
+/// Spare `Vec`s kept for echo bytes and jobs, so steady state allocates
+/// nothing; more than this are freed.
+const MAX_SPARE_VECS: usize = 256;
+/// Spare `Vec`s bigger than this are freed, not kept: a burst's big buffers
+/// must not stay pinned in the spare list.
+const MAX_SPARE_CAPACITY: usize = 16 * 1024;
+
+// ANCHOR: tokens
+/// The token of the non-connection operations (a slab never issues it).
+const RESERVED: Token = Token::reserved(0);
+// ANCHOR_END: tokens
+
+// ANCHOR: offload
+/// `--offload`: where the `--work-us` work of a receive runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Offload {
+    /// On the pool only when it costs more than `--offload-above-us`
+    /// (newlines × work-us); cheaper work runs inline on the reactor.
+    Auto,
+    /// Every receive goes to the pool (chapter 04's behaviour).
+    Always,
+    /// Everything runs inline on the reactor.
+    Never,
+}
+// ANCHOR_END: offload
+
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// `--work-us`: CPU time to burn per newline before echoing it.
+    pub work_per_newline: Duration,
+    /// `--offload` and `--offload-above-us`.
+    pub offload: Offload,
+    pub offload_above: Duration,
+    /// `--max-pending`: stop receiving from a client that owes this many.
+    pub max_pending: usize,
+    /// `--workers`: threads in the pool.
+    pub workers: usize,
+    /// `--pool`: which pool.
+    pub pool: PoolKind,
+    /// `--queue-depth`: the most jobs handed over and not yet answered.
+    pub queue_depth: usize,
+    /// `--idle-timeout`: close connections that move no data for this long.
+    pub idle_timeout: Option<Duration>,
+    /// `--ring-entries`: submission queue slots.
+    pub ring_entries: u32,
+    /// `--recv-buffers` and `--recv-buffer-size`: the provided buffer ring.
+    pub recv_buffers: u16,
+    pub recv_buffer_size: u32,
+    /// `--sqpoll`: a kernel thread polls the submission queue; it sleeps
+    /// after this long without work.
+    pub sqpoll: Option<Duration>,
+}
+
+/// What the summary line reports.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Totals {
+    pub connections_served: u64,
+    pub connections_shed: u64,
+    /// Completions whose connection was gone (a generation mismatch).
+    pub stale_completions: u64,
+    /// Worker results for a connection closed while the job ran.
+    pub results_dropped: u64,
+    /// Multishot receives armed (one per connection, plus one per re-arm).
+    pub recv_armed: u64,
+    /// Receives that ended because the buffer ring was empty.
+    pub enobufs: u64,
+    /// Sends the kernel took only part of: the rest was sent again.
+    pub short_sends: u64,
+    /// Receives cancelled because a client owed `--max-pending` bytes.
+    pub backpressure_stops: u64,
+    /// Receives whose `--work-us` ran inline on the reactor.
+    pub inline_work: u64,
+    pub connections_reaped: u64,
+    pub workers: WorkerStats,
+    pub timers: TimerStats,
+    pub ring: RingStats,
+    /// `accept4` calls (only to shed a connection when out of descriptors).
+    pub accept_calls: u64,
+}
+
+impl Totals {
+    /// Adds another reactor's totals; high-water marks take the larger.
+    pub fn add(&mut self, other: &Totals) {
+        self.connections_served += other.connections_served;
+        self.connections_shed += other.connections_shed;
+        self.stale_completions += other.stale_completions;
+        self.results_dropped += other.results_dropped;
+        self.recv_armed += other.recv_armed;
+        self.enobufs += other.enobufs;
+        self.short_sends += other.short_sends;
+        self.backpressure_stops += other.backpressure_stops;
+        self.inline_work += other.inline_work;
+        self.connections_reaped += other.connections_reaped;
+        self.workers.jobs += other.workers.jobs;
+        self.workers.queue_full += other.workers.queue_full;
+        self.workers.queue_high_water =
+            (self.workers.queue_high_water).max(other.workers.queue_high_water);
+        self.timers.scheduled += other.timers.scheduled;
+        self.timers.touched += other.timers.touched;
+        self.timers.cancelled += other.timers.cancelled;
+        self.timers.expired += other.timers.expired;
+        self.timers.moved += other.timers.moved;
+        self.ring += other.ring;
+        self.accept_calls += other.accept_calls;
+    }
+}
+
+// ANCHOR: server
+pub struct Server {
+    ring: Ring,
+    /// Receive buffers, lent to the kernel; a connection holds one only
+    /// between the completion that names it and the end of that handler.
+    buffers: BufRing,
+    listener: Arc<Listener>,
+    /// Main notifies it on SIGINT/SIGTERM; a poll on it is in the ring.
+    stop: Arc<EventFd>,
+    /// Every open connection. Its token (slot and generation) is in the
+    /// user data of each of its operations.
+    connections: Slab<Connection>,
+    /// This turn's completions (kept to reuse its capacity).
+    completions: Vec<Completion>,
+    /// Connections whose receive must be armed again at the end of the turn
+    /// (after the buffers freed this turn are published).
+    to_rearm: Vec<Token>,
+    /// Connections with echo bytes to send at the end of the turn: every
+    /// receive of the turn joins one send per connection.
+    to_flush: Vec<Token>,
+    /// Empty `Vec`s with capacity, for echo bytes and jobs.
+    spare_vecs: Vec<Vec<u8>>,
+    /// Empty output boxes, for connections that start owing bytes. (Boxes,
+    /// not `Output`s: reusing the heap blocks themselves is the point.)
+    #[allow(clippy::vec_box)]
+    spare_outputs: Vec<Box<Output>>,
+    accept_armed: bool,
+    /// Held in reserve for EMFILE (see `on_accept_error`).
+    spare_descriptor: Option<Fd>,
+    accept_paused_until: Option<Instant>,
+    out_of_descriptors_reported: bool,
+    workers: Workers,
+    completed: Vec<Completed>,
+    idle: Option<IdleTimeouts>,
+    expired: Vec<usize>,
+    /// The clock, read once per turn after the wait.
+    now: Instant,
+    config: Config,
+    totals: Totals,
+}
+// ANCHOR_END: server
+
+impl Server {
+    /// Sets up a reactor; call it on the reactor's own thread: the ring is
+    /// created `SINGLE_ISSUER`, for this thread only, and the worker
+    /// threads inherit its CPU affinity.
+    pub fn new(listener: Arc<Listener>, stop: Arc<EventFd>, config: Config) -> io::Result<Server> {
+        let ring = Ring::new(config.ring_entries, config.sqpoll)?;
+        let buffers =
+            ring.register_buf_ring(RECV_GROUP, config.recv_buffers, config.recv_buffer_size)?;
+        let workers = Workers::start(
+            config.pool,
+            config.workers,
+            config.queue_depth,
+            config.work_per_newline,
+        )?;
+        Ok(Server {
+            ring,
+            buffers,
+            listener,
+            stop,
+            connections: Slab::with_capacity(INITIAL_CONNECTIONS),
+            completions: Vec::new(),
+            to_rearm: Vec::new(),
+            to_flush: Vec::new(),
+            spare_vecs: Vec::new(),
+            spare_outputs: Vec::new(),
+            accept_armed: false,
+            spare_descriptor: Some(sys::open_spare_descriptor()?),
+            accept_paused_until: None,
+            out_of_descriptors_reported: false,
+            workers,
+            completed: Vec::new(),
+            idle: config
+                .idle_timeout
+                .map(|timeout| IdleTimeouts::new(timeout, Instant::now())),
+            expired: Vec::new(),
+            now: Instant::now(),
+            config,
+            totals: Totals::default(),
+        })
+    }
+
+    // ANCHOR: event_loop
+    /// Serves clients until main says stop. Returning drops the server,
+    /// which closes its connections and its ring.
+    pub fn run(mut self) -> io::Result<Totals> {
+        self.arm_accept()?;
+        self.ring
+            .poll_readable(self.stop.raw_fd(), op::user_data(Op::Stop, RESERVED))?;
+        self.ring
+            .poll_readable(self.workers.waker_fd(), op::user_data(Op::Waker, RESERVED))?;
+        loop {
+            // The wheel is driven by the wait's timeout: one deadline for
+            // the whole wheel, no ring timeout per connection.
+            let now = Instant::now();
+            let idle_deadline = self.idle.as_ref().and_then(|idle| idle.next_timeout(now));
+            let accept_pause = self
+                .accept_paused_until
+                .map(|until| until.saturating_duration_since(now));
+            // The one system call of the turn.
+            self.ring
+                .submit_and_wait(earliest(idle_deadline, accept_pause))?;
+            self.now = Instant::now();
+            let mut completions = std::mem::take(&mut self.completions);
+            self.ring.completions(&mut completions);
+            let mut stop = false;
+            for completion in completions.drain(..) {
+                stop |= self.on_completion(completion)?;
+            }
+            self.completions = completions;
+            if stop {
+                self.stop.reset()?;
+                return Ok(self.totals());
+            }
+            self.end_turn()?;
+        }
+    }
+    // ANCHOR_END: event_loop
+
+    fn totals(&mut self) -> Totals {
+        self.totals.workers = self.workers.stats();
+        if let Some(idle) = &self.idle {
+            self.totals.timers = idle.stats();
+        }
+        self.totals.ring = self.ring.stats();
+        self.totals.accept_calls = sys::accept_calls();
+        self.totals
+    }
+
+    // ANCHOR: on_completion
+    /// Dispatches one completion by the operation in its user data. `true`
+    /// for the stop signal.
+    fn on_completion(&mut self, completion: Completion) -> io::Result<bool> {
+        let Some((op, token)) = op::decode(completion.user_data) else {
+            self.totals.stale_completions += 1;
+            return Ok(false);
+        };
+        match op {
+            Op::Accept => self.on_accept(completion)?,
+            Op::Recv => self.on_recv(token, completion)?,
+            Op::Send => self.on_send(token, completion)?,
+            // A cancel request's own completion: `-ENOENT` when what it
+            // aimed at had already finished. Either way the target reports
+            // for itself.
+            Op::Cancel => {}
+            Op::Stop => return Ok(true),
+            Op::Waker => {
+                self.apply_completed()?;
+                self.ring
+                    .poll_readable(self.workers.waker_fd(), op::user_data(Op::Waker, RESERVED))?;
+            }
+        }
+        Ok(false)
+    }
+    // ANCHOR_END: on_completion
+
+    // ANCHOR: on_recv
+    fn on_recv(&mut self, token: Token, completion: Completion) -> io::Result<()> {
+        let buffer_id = completion.buffer_id();
+        let Some(connection) = self.connections.get_mut(token) else {
+            // Its connection is gone. The buffer the kernel filled is still
+            // one of ours: give it back, or the ring shrinks by one buffer
+            // for every such completion until receives fail with ENOBUFS.
+            self.totals.stale_completions += 1;
+            if let Some(id) = buffer_id {
+                self.buffers.recycle(id);
+            }
+            return Ok(());
+        };
+        if !completion.more() {
+            // The multishot receive has ended (EOF, error, cancel, ENOBUFS,
+            // or the kernel decided to stop): nothing is armed any more.
+            connection.recv = Recv::Off;
+        }
+        match (completion.result, buffer_id) {
+            (n @ 1.., Some(id)) => {
+                if connection.output.is_none() {
+                    connection.output = self.spare_outputs.pop();
+                }
+                let data = self.buffers.buffer(id, n.unsigned_abs() as usize);
+                take_input(
+                    token,
+                    connection,
+                    data,
+                    &mut self.workers,
+                    &mut self.spare_vecs,
+                    &mut self.totals,
+                    self.config,
+                );
+                // Copied out (or worked on) already: back to the kernel.
+                self.buffers.recycle(id);
+                if let Some(idle) = &mut self.idle {
+                    idle.on_activity(token.index() as usize, self.now);
+                }
+                if connection.recv == Recv::Armed
+                    && !connection.wants_input(self.config.max_pending)
+                {
+                    // Back-pressure: this client owes too much unread echo.
+                    // Stop receiving until it reads; bytes it sends wait in
+                    // its socket buffer, then TCP stops it.
+                    self.ring.cancel(
+                        op::user_data(Op::Recv, token),
+                        op::user_data(Op::Cancel, token),
+                    )?;
+                    connection.recv = Recv::Cancelling;
+                    self.totals.backpressure_stops += 1;
+                }
+                queue_flush(token, connection, &mut self.to_flush);
+            }
+            (0, _) => connection.peer_closed = true,
+            (_, id) => {
+                if let Some(id) = id {
+                    self.buffers.recycle(id); // (never seen: errors carry no buffer)
+                }
+                match -completion.result {
+                    // The buffer ring was empty. Re-armed at the end of the
+                    // turn, once this turn's buffers are back in the ring.
+                    libc::ENOBUFS => self.totals.enobufs += 1,
+                    // We cancelled it (back-pressure or close).
+                    libc::ECANCELED => {}
+                    // A reset, or any other error: the client is gone.
+                    _ => return self.close(token),
+                }
+            }
+        }
+        self.after_completion(token)
+    }
+    // ANCHOR_END: on_recv
+
+    // ANCHOR: on_send
+    fn on_send(&mut self, token: Token, completion: Completion) -> io::Result<()> {
+        let slot = token.index() as usize;
+        // The kernel is done with the buffer: it is ours again.
+        let finished = self.ring.finish_send(completion.user_data);
+        let Some(connection) = self.connections.get_mut(token) else {
+            self.totals.stale_completions += 1;
+            return Ok(());
+        };
+        connection.send_in_flight = false;
+        let Some((mut buffer, offset)) = finished else {
+            return Ok(()); // cannot happen: every send's buffer is in the ring
+        };
+        if completion.result < 0 {
+            // EPIPE, ECONNRESET (the client is gone) or ECANCELED (we are
+            // closing): nothing more can be delivered.
+            return self.close(token);
+        }
+        let sent = completion.result.unsigned_abs() as usize;
+        let output = connection.output();
+        output.sending = output.sending.saturating_sub(sent);
+        if sent > 0
+            && let Some(idle) = &mut self.idle
+        {
+            idle.on_activity(slot, self.now);
+        }
+        if offset + sent < buffer.len() && !connection.closing {
+            // A short send: the socket's send buffer filled. Send the rest
+            // of the same buffer; the bytes queued behind it wait.
+            self.totals.short_sends += 1;
+            let fd = connection.socket.raw_fd();
+            self.ring
+                .send(fd, buffer, offset + sent, op::user_data(Op::Send, token))?;
+            connection.send_in_flight = true;
+        } else {
+            buffer.clear();
+            give_back_vec(&mut self.spare_vecs, buffer);
+            queue_flush(token, connection, &mut self.to_flush);
+        }
+        self.after_completion(token)
+    }
+    // ANCHOR_END: on_send
+
+    /// After any completion for a live connection: close it if it is done,
+    /// release it if it is closing and the kernel has let go of it, or arm
+    /// its receive again if it wants input and none is armed.
+    fn after_completion(&mut self, token: Token) -> io::Result<()> {
+        let Some(connection) = self.connections.get_mut(token) else {
+            return Ok(());
+        };
+        if connection.closing {
+            self.release_if_done(token);
+        } else if connection.is_finished() {
+            return self.close(token);
+        } else if connection.recv == Recv::Off && connection.wants_input(self.config.max_pending) {
+            self.to_rearm.push(token);
+        }
+        if let Some(connection) = self.connections.get_mut(token)
+            && !connection.send_in_flight
+            && !connection.job_in_flight
+            && let Some(output) = connection.take_output_if_idle()
+            && self.spare_outputs.len() < MAX_SPARE_VECS
+        {
+            self.spare_outputs.push(output);
+        }
+        Ok(())
+    }
+
+    // ANCHOR: apply_completed
+    /// Results are back from the workers: echo each (its bytes join the
+    /// queue, in order), then start on what arrived while it was out.
+    fn apply_completed(&mut self) -> io::Result<()> {
+        let mut completed = std::mem::take(&mut self.completed);
+        self.workers.take_completed(&mut completed)?;
+        for done in completed.drain(..) {
+            let Some(connection) = self.connections.get_mut(done.connection) else {
+                // Closed while its job ran; the slot may hold someone else.
+                self.totals.results_dropped += 1;
+                give_back_vec(&mut self.spare_vecs, done.data);
+                continue;
+            };
+            connection.job_in_flight = false;
+            let output = connection.output();
+            output.working -= done.data.len();
+            append_vec(&mut output.queued, done.data, &mut self.spare_vecs);
+            let held = std::mem::take(&mut output.held);
+            if !held.is_empty() {
+                take_held_input(
+                    done.connection,
+                    connection,
+                    held,
+                    &mut self.workers,
+                    &mut self.spare_vecs,
+                    &mut self.totals,
+                    self.config,
+                );
+            }
+            queue_flush(done.connection, connection, &mut self.to_flush);
+            self.after_completion(done.connection)?;
+        }
+        self.completed = completed;
+        Ok(())
+    }
+    // ANCHOR_END: apply_completed
+
+    // ANCHOR: end_turn
+    /// After the turn's completions: give the kernel back its buffers, arm
+    /// what must be armed, queue the sends, reap idle connections. All of
+    /// it goes to the kernel in the next turn's one `io_uring_enter`.
+    fn end_turn(&mut self) -> io::Result<()> {
+        self.buffers.publish();
+        let mut to_rearm = std::mem::take(&mut self.to_rearm);
+        for token in to_rearm.drain(..) {
+            let Some(connection) = self.connections.get_mut(token) else {
+                continue;
+            };
+            if connection.recv == Recv::Off && connection.wants_input(self.config.max_pending) {
+                self.ring.recv_multishot(
+                    connection.socket.raw_fd(),
+                    RECV_GROUP,
+                    op::user_data(Op::Recv, token),
+                )?;
+                connection.recv = Recv::Armed;
+                self.totals.recv_armed += 1;
+            }
+        }
+        self.to_rearm = to_rearm;
+        let mut to_flush = std::mem::take(&mut self.to_flush);
+        for token in to_flush.drain(..) {
+            self.flush(token)?;
+        }
+        self.to_flush = to_flush;
+        self.reap_idle_connections()?;
+        if self
+            .accept_paused_until
+            .is_some_and(|until| self.now >= until)
+        {
+            self.accept_paused_until = None;
+            if self.spare_descriptor.is_none() {
+                self.spare_descriptor = sys::open_spare_descriptor().ok();
+            }
+        }
+        if !self.accept_armed && self.accept_paused_until.is_none() {
+            self.arm_accept()?;
+        }
+        Ok(())
+    }
+
+    /// Sends everything queued for `token` in one send, unless a send is
+    /// already in flight (its completion sends the rest: one at a time
+    /// keeps the bytes in order).
+    fn flush(&mut self, token: Token) -> io::Result<()> {
+        let Some(connection) = self.connections.get_mut(token) else {
+            return Ok(());
+        };
+        connection.flush_queued = false;
+        if connection.closing || connection.send_in_flight {
+            return Ok(());
+        }
+        let fd = connection.socket.raw_fd();
+        let Some(output) = connection.output.as_mut() else {
+            return Ok(());
+        };
+        if output.queued.is_empty() {
+            return Ok(());
+        }
+        let buffer = std::mem::take(&mut output.queued);
+        output.sending = buffer.len();
+        // The buffer moves into the ring: until its completion, nothing
+        // here can touch it.
+        self.ring
+            .send(fd, buffer, 0, op::user_data(Op::Send, token))?;
+        connection.send_in_flight = true;
+        Ok(())
+    }
+    // ANCHOR_END: end_turn
+
+    // ANCHOR: close
+    /// Starts closing a connection: cancel what the kernel holds for it,
+    /// then release it once the last of those operations has completed.
+    /// Closing the descriptor now would not be enough: an armed receive
+    /// holds its own reference to the socket, so the client would see no
+    /// FIN, and the slot (and descriptor number) must not be reused while
+    /// completions for the old connection can still arrive.
+    fn close(&mut self, token: Token) -> io::Result<()> {
+        let Some(connection) = self.connections.get_mut(token) else {
+            return Ok(());
+        };
+        if !connection.closing {
+            connection.closing = true;
+            if let Some(idle) = &mut self.idle {
+                idle.on_close(token.index() as usize);
+            }
+            if connection.recv == Recv::Armed {
+                self.ring.cancel(
+                    op::user_data(Op::Recv, token),
+                    op::user_data(Op::Cancel, token),
+                )?;
+                connection.recv = Recv::Cancelling;
+            }
+            if connection.send_in_flight {
+                self.ring.cancel(
+                    op::user_data(Op::Send, token),
+                    op::user_data(Op::Cancel, token),
+                )?;
+            }
+        }
+        self.release_if_done(token);
+        Ok(())
+    }
+
+    /// Frees a closing connection once the kernel holds nothing of it:
+    /// removing it bumps the slot's generation and dropping it closes the
+    /// socket. A worker's job may still be out: its result will find the
+    /// generation changed.
+    fn release_if_done(&mut self, token: Token) {
+        let done = self
+            .connections
+            .get_mut(token)
+            .is_some_and(|c| c.closing && c.kernel_is_done());
+        if done
+            && let Some(connection) = self.connections.remove(token)
+            && let Some(output) = connection.output
+        {
+            let Output { held, queued, .. } = *output;
+            give_back_vec(&mut self.spare_vecs, held);
+            give_back_vec(&mut self.spare_vecs, queued);
+        }
+    }
+    // ANCHOR_END: close
+
+    // ANCHOR: reap
+    /// Closes every connection whose idle deadline has passed, except one
+    /// waiting on *us* (a worker has its bytes): that one gets a new
+    /// deadline.
+    fn reap_idle_connections(&mut self) -> io::Result<()> {
+        let Some(idle) = &mut self.idle else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let mut expired = std::mem::take(&mut self.expired);
+        idle.expire(now, &mut expired);
+        for key in expired.drain(..) {
+            let Some(token) = self.connections.token_at(key) else {
+                continue;
+            };
+            let Some(connection) = self.connections.get_mut(token) else {
+                continue;
+            };
+            if connection.closing {
+                continue;
+            }
+            if connection.job_in_flight {
+                if let Some(idle) = &mut self.idle {
+                    idle.on_activity(key, now);
+                }
+                continue;
+            }
+            self.close(token)?;
+            self.totals.connections_reaped += 1;
+        }
+        self.expired = expired;
+        Ok(())
+    }
+    // ANCHOR_END: reap
+
+    // ANCHOR: accept
+    fn arm_accept(&mut self) -> io::Result<()> {
+        self.ring
+            .accept_multishot(self.listener.raw_fd(), op::user_data(Op::Accept, RESERVED))?;
+        self.accept_armed = true;
+        Ok(())
+    }
+
+    fn on_accept(&mut self, completion: Completion) -> io::Result<()> {
+        if !completion.more() {
+            // Ended (an error, or the kernel stopped it): re-armed at the
+            // end of the turn unless accepting is paused.
+            self.accept_armed = false;
+        }
+        if completion.result >= 0 {
+            return self.register(Socket::from_accepted(completion.result));
+        }
+        match -completion.result {
+            libc::EMFILE | libc::ENFILE => self.on_out_of_descriptors(),
+            // The client gave up while waiting in the queue, or the network
+            // under it failed: that connection is gone, the next may be fine.
+            libc::ECONNABORTED
+            | libc::EPROTO
+            | libc::EPERM
+            | libc::ENETDOWN
+            | libc::ENOPROTOOPT
+            | libc::EHOSTDOWN
+            | libc::ENONET
+            | libc::EHOSTUNREACH
+            | libc::EOPNOTSUPP
+            | libc::ENETUNREACH
+            | libc::EINTR => {}
+            errno => {
+                let error = io::Error::from_raw_os_error(errno);
+                eprintln!("accept: {error}; not accepting for {ACCEPT_PAUSE:?}");
+                self.pause_accepting();
+            }
+        }
+        Ok(())
+    }
+
+    /// Out of descriptors. The connection stays in the listen queue and a
+    /// re-armed accept would fail again at once, a busy loop. Free the
+    /// spare descriptor, take the connection with it and close it at once
+    /// (the client sees its connection closed, not a hang), then re-open
+    /// the spare. With no spare, or an empty queue (Linux reports EMFILE
+    /// before it looks at the queue), stop accepting for a moment.
+    fn on_out_of_descriptors(&mut self) {
+        if !self.out_of_descriptors_reported {
+            self.out_of_descriptors_reported = true;
+            let limit =
+                sys::descriptor_limit().map_or_else(|| "unknown".to_string(), |l| l.to_string());
+            eprintln!(
+                "accept: out of descriptors (RLIMIT_NOFILE={limit}); closing new connections \
+                 until descriptors free up; raise the limit with `ulimit -n`"
+            );
+        }
+        let Some(spare) = self.spare_descriptor.take() else {
+            self.pause_accepting();
+            return;
+        };
+        drop(spare);
+        let shed = self.listener.accept().map(drop);
+        self.spare_descriptor = sys::open_spare_descriptor().ok();
+        match shed {
+            Ok(()) => self.totals.connections_shed += 1,
+            Err(_) => self.pause_accepting(),
+        }
+    }
+
+    fn pause_accepting(&mut self) {
+        self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+    }
+
+    fn register(&mut self, socket: Socket) -> io::Result<()> {
+        // Best effort: a socket without TCP_NODELAY still echoes correctly.
+        let _ = socket.set_nodelay();
+        let fd = socket.raw_fd();
+        let token = self.connections.insert(Connection::new(socket));
+        // Armed once; it posts a completion whenever data arrives, with a
+        // buffer the kernel picks then. Until then: no buffer, no syscall.
+        self.ring
+            .recv_multishot(fd, RECV_GROUP, op::user_data(Op::Recv, token))?;
+        if let Some(connection) = self.connections.get_mut(token) {
+            connection.recv = Recv::Armed;
+        }
+        self.totals.recv_armed += 1;
+        if let Some(idle) = &mut self.idle {
+            idle.on_accept(token.index() as usize, self.now);
+        }
+        self.totals.connections_served += 1;
+        self.out_of_descriptors_reported = false;
+        Ok(())
+    }
+    // ANCHOR_END: accept
+}
+
+// ANCHOR: take_input
+/// Bytes received for `token`: work on them (inline or on the pool) and
+/// queue their echo. While a job is out for this connection they wait
+/// behind it, so the echo stays in order.
+fn take_input(
+    token: Token,
+    connection: &mut Connection,
+    data: &[u8],
+    workers: &mut Workers,
+    spare_vecs: &mut Vec<Vec<u8>>,
+    totals: &mut Totals,
+    config: Config,
+) {
+    if connection.job_in_flight {
+        connection.output().held.extend_from_slice(data);
+        return;
+    }
+    let (offload, newlines) = should_offload(data, config);
+    if offload && workers.has_room() {
+        let mut job = spare_vecs.pop().unwrap_or_default();
+        job.extend_from_slice(data);
+        connection.output().working += job.len();
+        connection.job_in_flight = true;
+        workers.submit(Job {
+            connection: token,
+            data: job,
+        });
+        return;
+    }
+    if offload {
+        // The queue is full: do the work here. The reactor slows down,
+        // which is the back-pressure the queue would have applied.
+        workers.note_queue_full();
+    }
+    if newlines > 0 {
+        spend_work(data, config.work_per_newline);
+        totals.inline_work += 1;
+    }
+    let output = connection.output();
+    if output.queued.capacity() == 0 {
+        output.queued = spare_vecs.pop().unwrap_or_default();
+    }
+    output.queued.extend_from_slice(data);
+}
+// ANCHOR_END: take_input
+
+/// Whether the work for `data` goes to the pool (`--offload`), and how
+/// many newlines (units of `--work-us`) it holds.
+fn should_offload(data: &[u8], config: Config) -> (bool, usize) {
+    let newlines = if config.work_per_newline.is_zero() {
+        0
+    } else {
+        data.iter().filter(|&&byte| byte == b'\n').count()
+    };
+    let cost = config
+        .work_per_newline
+        .saturating_mul(u32::try_from(newlines).unwrap_or(u32::MAX));
+    let offload = match config.offload {
+        Offload::Always => true,
+        Offload::Never => false,
+        Offload::Auto => cost > config.offload_above,
+    };
+    (offload, newlines)
+}
+
+/// Bytes that waited behind a job, now that it is back: like
+/// [`take_input`], but they are already in a `Vec` of their own, so they
+/// move into the job or the send queue instead of being copied again.
+fn take_held_input(
+    token: Token,
+    connection: &mut Connection,
+    held: Vec<u8>,
+    workers: &mut Workers,
+    spare_vecs: &mut Vec<Vec<u8>>,
+    totals: &mut Totals,
+    config: Config,
+) {
+    let (offload, newlines) = should_offload(&held, config);
+    if offload && workers.has_room() {
+        connection.output().working += held.len();
+        connection.job_in_flight = true;
+        workers.submit(Job {
+            connection: token,
+            data: held,
+        });
+        return;
+    }
+    if offload {
+        workers.note_queue_full();
+    }
+    if newlines > 0 {
+        spend_work(&held, config.work_per_newline);
+        totals.inline_work += 1;
+    }
+    append_vec(&mut connection.output().queued, held, spare_vecs);
+}
+
+fn queue_flush(token: Token, connection: &mut Connection, to_flush: &mut Vec<Token>) {
+    if !connection.flush_queued
+        && connection
+            .output
+            .as_ref()
+            .is_some_and(|output| !output.queued.is_empty())
+    {
+        connection.flush_queued = true;
+        to_flush.push(token);
+    }
+}
+
+/// Appends `data` to `queue`, moving it instead of copying when the queue
+/// is empty.
+fn append_vec(queue: &mut Vec<u8>, mut data: Vec<u8>, spare_vecs: &mut Vec<Vec<u8>>) {
+    if queue.is_empty() {
+        std::mem::swap(queue, &mut data);
+    } else {
+        queue.extend_from_slice(&data);
+    }
+    data.clear();
+    give_back_vec(spare_vecs, data);
+}
+
+fn give_back_vec(spare_vecs: &mut Vec<Vec<u8>>, mut vec: Vec<u8>) {
+    if vec.capacity() > 0
+        && vec.capacity() <= MAX_SPARE_CAPACITY
+        && spare_vecs.len() < MAX_SPARE_VECS
+    {
+        vec.clear();
+        spare_vecs.push(vec);
+    }
+}
+
+/// The sooner of two optional timeouts (`None`: no timeout).
+fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{IntoRawFd, OwnedFd};
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    fn test_server() -> Server {
+        let addr = "127.0.0.1:0".parse().expect("an address");
+        let listener = Arc::new(Listener::bind(addr, 16, false).expect("bind"));
+        let stop = Arc::new(EventFd::new().expect("eventfd"));
+        let config = Config {
+            work_per_newline: Duration::ZERO,
+            offload: Offload::Auto,
+            offload_above: Duration::from_micros(10),
+            max_pending: 256 * 1024,
+            workers: 1,
+            pool: PoolKind::Hand,
+            queue_depth: 16,
+            idle_timeout: None,
+            ring_entries: 64,
+            recv_buffers: 8,
+            recv_buffer_size: 64,
+            sqpoll: None,
+        };
+        Server::new(listener, stop, config).expect("io_uring is available")
+    }
+
+    fn a_connection() -> (Connection, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().expect("socketpair");
+        let fd = OwnedFd::from(ours).into_raw_fd();
+        (Connection::new(Socket::from_accepted(fd)), theirs)
+    }
+
+    // ANCHOR: stale_completion_test
+    #[test]
+    fn a_receive_for_a_closed_connection_is_ignored_and_its_buffer_recycled() {
+        let mut server = test_server();
+        let (first, _peer) = a_connection();
+        let closed = server.connections.insert(first);
+        server.connections.remove(closed);
+        // The next client gets the same slot, with a newer generation.
+        let (second, _peer2) = a_connection();
+        let newcomer = server.connections.insert(second);
+        assert_eq!(newcomer.index(), closed.index());
+
+        // Data the kernel received for the closed connection, in buffer 3.
+        let offered = server.buffers.offered();
+        let late = Completion::for_test(op::user_data(Op::Recv, closed), 5, Some(3), true);
+        server.on_recv(closed, late).expect("no ring error");
+
+        assert_eq!(server.totals.stale_completions, 1);
+        assert_eq!(
+            server.buffers.offered(),
+            offered.wrapping_add(1),
+            "the buffer goes back to the ring even though nobody wants its bytes"
+        );
+        let newcomer = server.connections.get_mut(newcomer).expect("still open");
+        assert_eq!(
+            newcomer.owed(),
+            0,
+            "the stale bytes must not reach the new client"
+        );
+    }
+    // ANCHOR_END: stale_completion_test
+
+    #[test]
+    fn a_closing_connection_is_released_only_when_the_kernel_lets_go() {
+        let mut server = test_server();
+        let (connection, _peer) = a_connection();
+        let token = server.connections.insert(connection);
+        if let Some(connection) = server.connections.get_mut(token) {
+            connection.recv = Recv::Armed;
+        }
+        server.close(token).expect("cancel queued");
+        let connection = server.connections.get_mut(token).expect("kept while armed");
+        assert!(connection.closing);
+        assert_eq!(connection.recv, Recv::Cancelling);
+
+        // The cancelled receive's last completion: now it can go.
+        let cancelled = Completion::for_test(
+            op::user_data(Op::Recv, token),
+            -libc::ECANCELED,
+            None,
+            false,
+        );
+        server.on_recv(token, cancelled).expect("no ring error");
+        assert!(server.connections.get_mut(token).is_none(), "released");
+        assert_eq!(server.totals.stale_completions, 0);
+    }
+}
