@@ -31,7 +31,7 @@ pub struct ProfileArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "epoll-floor,ch03-epoll-edge-triggered,ch08-million-connections"
+        default_value = "epoll-floor,ch03-epoll-edge-triggered,ch08-million-connections,ch09-io-uring"
     )]
     servers: Vec<String>,
     /// Connection counts to profile each server at.
