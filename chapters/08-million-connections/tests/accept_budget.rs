@@ -33,7 +33,12 @@ fn summary_field(summary: &str, field: &str) -> usize {
 
 #[test]
 fn a_flood_of_connects_is_accepted_a_budget_per_turn() {
-    let server = ServerProcess::builder(BIN).spawn().unwrap();
+    // One reactor: with several, the last client's echo would prove only
+    // its own reactor's queue drained, not the others'.
+    let server = ServerProcess::builder(BIN)
+        .args(["--procs", "1", "--reactors", "1"])
+        .spawn()
+        .unwrap();
     let pids = server.process_tree();
     // While the server is stopped the kernel completes every handshake
     // into the listen queue: when it resumes, all of them are waiting.
