@@ -259,7 +259,8 @@ impl Server {
 
 // ANCHOR: serve
 /// Handles one readiness report for one connection, level-triggered style:
-/// at most one `read` and one `write`. Anything left over (more input, or
+/// at most one `read`, and at most two `write`s (the rest of an earlier
+/// partial write, then the new echo). Anything left over (more input, or
 /// output the send buffer could not take) is still there on the next
 /// `epoll_wait`, and level-triggered epoll reports it again.
 fn serve_level_triggered(

@@ -821,6 +821,17 @@ fn snippet(data: &ResultsData, server: &ServerResults) -> String {
             );
         }
     }
+    if server
+        .points()
+        .any(|p| p.error.is_none() && loadgen_busy(p))
+    {
+        let _ = writeln!(
+            out,
+            "† loadgen used {LOADGEN_BUSY_PERCENT:.0}% or more of its core at that point: the \
+             load generator may have been the limit there, not the server (the server CPU per \
+             message row is the fairer comparison).\n"
+        );
+    }
     let _ = writeln!(
         out,
         "<small>Measured by `cargo xtask results` on {}. All servers, plots and method: \
