@@ -30,9 +30,9 @@ use clap::Parser;
 
 use crate::idle::IdleTimeouts;
 use crate::reactors::{ReactorInfo, Reactors};
-use crate::server::{Config, Offload, Totals};
+use crate::server::{Config, Totals};
 use crate::sys::{Listener, SignalFd};
-use crate::workers::PoolKind;
+use crate::workers::{Offload, PoolKind};
 
 /// An echo server on io_uring: one reactor (a thread with its own ring, and
 /// its own pool of worker threads for heavy request work) per core.

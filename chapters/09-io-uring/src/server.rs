@@ -27,7 +27,9 @@ use crate::ring::{BufRing, Completion, Ring, RingStats};
 use crate::slab::{Slab, Token};
 use crate::sys::{self, EventFd, Fd, Listener, Socket};
 use crate::timer_wheel::TimerStats;
-use crate::workers::{Completed, Job, PoolKind, WorkerStats, Workers, spend_work};
+use crate::workers::{
+    Completed, Job, Offload, PoolKind, WorkerStats, Workers, spend_work, work_for,
+};
 
 /// How long to stop accepting when accept fails and we cannot shed the
 /// connection (see `on_accept_error`).
@@ -47,20 +49,6 @@ const MAX_SPARE_CAPACITY: usize = 16 * 1024;
 /// The token of the non-connection operations (a slab never issues it).
 const RESERVED: Token = Token::reserved(0);
 // ANCHOR_END: tokens
-
-// ANCHOR: offload
-/// `--offload`: where the `--work-us` work of a receive runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Offload {
-    /// On the pool only when it costs more than `--offload-above-us`
-    /// (newlines × work-us); cheaper work runs inline on the reactor.
-    Auto,
-    /// Every receive goes to the pool (chapter 04's behaviour).
-    Always,
-    /// Everything runs inline on the reactor.
-    Never,
-}
-// ANCHOR_END: offload
 
 #[derive(Clone, Copy, Debug)]
 pub struct Config {
@@ -753,8 +741,7 @@ fn take_input(
         connection.output().held.extend_from_slice(data);
         return;
     }
-    let (offload, newlines) = should_offload(data, config);
-    if offload && workers.has_room() {
+    if work_here_or_pool(data, workers, totals, config) {
         let mut job = spare_vecs.pop().unwrap_or_default();
         job.extend_from_slice(data);
         connection.output().working += job.len();
@@ -765,15 +752,6 @@ fn take_input(
         });
         return;
     }
-    if offload {
-        // The queue is full: do the work here. The reactor slows down,
-        // which is the back-pressure the queue would have applied.
-        workers.note_queue_full();
-    }
-    if newlines > 0 {
-        spend_work(data, config.work_per_newline);
-        totals.inline_work += 1;
-    }
     let output = connection.output();
     if output.queued.capacity() == 0 {
         output.queued = spare_vecs.pop().unwrap_or_default();
@@ -782,23 +760,34 @@ fn take_input(
 }
 // ANCHOR_END: take_input
 
-/// Whether the work for `data` goes to the pool (`--offload`), and how
-/// many newlines (units of `--work-us`) it holds.
-fn should_offload(data: &[u8], config: Config) -> (bool, usize) {
-    let newlines = if config.work_per_newline.is_zero() {
-        0
-    } else {
-        data.iter().filter(|&&byte| byte == b'\n').count()
-    };
-    let cost = config
-        .work_per_newline
-        .saturating_mul(u32::try_from(newlines).unwrap_or(u32::MAX));
-    let offload = match config.offload {
+/// Where the `--work-us` work for `data` runs (`--offload`): `true` if it
+/// is to go to the pool now; otherwise it has run here already (nothing, if
+/// it asks for none). With the pool's queue full, dear work runs here too:
+/// the reactor slows down, which is the back-pressure the queue would have
+/// applied.
+fn work_here_or_pool(
+    data: &[u8],
+    workers: &mut Workers,
+    totals: &mut Totals,
+    config: Config,
+) -> bool {
+    let work = work_for(data, config.work_per_newline);
+    let to_pool = match config.offload {
         Offload::Always => true,
         Offload::Never => false,
-        Offload::Auto => cost > config.offload_above,
+        Offload::Auto => work > config.offload_above,
     };
-    (offload, newlines)
+    if to_pool && workers.has_room() {
+        return true;
+    }
+    if to_pool {
+        workers.note_queue_full();
+    }
+    if !work.is_zero() {
+        spend_work(data, config.work_per_newline);
+        totals.inline_work += 1;
+    }
+    false
 }
 
 /// Bytes that waited behind a job, now that it is back: like
@@ -813,8 +802,7 @@ fn take_held_input(
     totals: &mut Totals,
     config: Config,
 ) {
-    let (offload, newlines) = should_offload(&held, config);
-    if offload && workers.has_room() {
+    if work_here_or_pool(&held, workers, totals, config) {
         connection.output().working += held.len();
         connection.job_in_flight = true;
         workers.submit(Job {
@@ -822,13 +810,6 @@ fn take_held_input(
             data: held,
         });
         return;
-    }
-    if offload {
-        workers.note_queue_full();
-    }
-    if newlines > 0 {
-        spend_work(&held, config.work_per_newline);
-        totals.inline_work += 1;
     }
     append_vec(&mut connection.output().queued, held, spare_vecs);
 }

@@ -53,9 +53,10 @@ impl Job {
 // ANCHOR_END: job
 
 // ANCHOR: work
-/// `--work-us`: burn `work_per_newline` of CPU for each newline in `data`:
-/// on a worker while the event loop goes on serving every other client, or
-/// inline on the reactor when it is cheaper than the hand-off (`--offload`).
+/// `--work-us`: burn `work_per_newline` of CPU for each newline in `data`,
+/// on a worker, while the event loop goes on serving every other client,
+/// or on the loop when it costs less than the trip to a worker would (see
+/// [`Offload`]).
 pub fn spend_work(data: &[u8], work_per_newline: Duration) {
     if work_per_newline.is_zero() {
         return;
@@ -66,6 +67,17 @@ pub fn spend_work(data: &[u8], work_per_newline: Duration) {
             std::hint::spin_loop();
         }
     }
+}
+
+/// How much work `data` asks for: `work_per_newline` for each newline. The
+/// loop knows it before the work runs, as a real server knows which of its
+/// requests are the expensive kind.
+pub fn work_for(data: &[u8], work_per_newline: Duration) -> Duration {
+    if work_per_newline.is_zero() {
+        return Duration::ZERO;
+    }
+    let newlines = data.iter().filter(|&&byte| byte == b'\n').count();
+    work_per_newline.saturating_mul(u32::try_from(newlines).unwrap_or(u32::MAX))
 }
 // ANCHOR_END: work
 
@@ -130,6 +142,25 @@ impl Completions {
     }
 }
 // ANCHOR_END: completions
+
+// ANCHOR: offload
+/// `--offload`: which reads' work goes to the pool. Handing a job over and
+/// taking its result back costs the loop a copy, a lock and an eventfd
+/// round trip, and the process a thread wake-up: a few microseconds of CPU
+/// for every job. Work that costs less than that is cheaper done on the
+/// loop; work that costs much more would stall every other client there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Offload {
+    /// Hand a read to the pool only when its work is above
+    /// `--offload-above-us`; run anything cheaper on the loop.
+    Auto,
+    /// Hand every read to the pool, even with `--work-us 0`: the price of
+    /// the hand-off on its own.
+    Always,
+    /// Run all work on the loop, as chapter 03 does.
+    Never,
+}
+// ANCHOR_END: offload
 
 // ANCHOR: pool_kind
 /// `--pool`: which pool runs the jobs.

@@ -258,18 +258,7 @@ fn serve_unbounded(stream: TcpStream) {
             }
         }
     });
-    let mut reader = stream;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match reader.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if queue.send(buf[..n].to_vec()).is_err() {
-                    break;
-                }
-            }
-        }
-    }
+    read_into(stream, &queue);
     drop(queue);
     let _ = echoer.join();
 }
@@ -393,18 +382,7 @@ fn serve_in_batches(stream: TcpStream) {
             }
         }
     });
-    let mut reader = stream;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match reader.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if queue.send(buf[..n].to_vec()).is_err() {
-                    break;
-                }
-            }
-        }
-    }
+    read_into(stream, &queue);
     drop(queue);
     let _ = echoer.join();
 }
@@ -445,4 +423,20 @@ fn wait_for_shutdown(signals: libc::sigset_t) {
     );
     let _ = io::stdout().flush();
     process::exit(0);
+}
+
+/// The reader side of the two broken-queue modes: every read goes onto
+/// `queue` as it arrives, until EOF, an error, or the writer is gone.
+fn read_into(mut reader: TcpStream, queue: &mpsc::Sender<Vec<u8>>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if queue.send(buf[..n].to_vec()).is_err() {
+                    return;
+                }
+            }
+        }
+    }
 }

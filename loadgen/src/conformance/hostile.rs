@@ -118,7 +118,7 @@ pub fn never_reading_client(target: &Target<'_>) -> CheckResult {
 }
 
 /// The server's RSS, when we have the process and `/proc`.
-fn rss(target: &Target<'_>) -> Result<Option<u64>, CheckFailure> {
+pub(super) fn rss(target: &Target<'_>) -> Result<Option<u64>, CheckFailure> {
     match target.server {
         Some(server) if cfg!(target_os = "linux") => server
             .rss_bytes()

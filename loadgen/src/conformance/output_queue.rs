@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Socket, Type};
 
 use super::client::{IO_TIMEOUT, Pattern, expect_eof, pattern, read_expected, set_timeouts};
+use super::hostile::rss;
 use super::{CheckFailure, CheckResult, Context, Target, fail};
 
 /// The client's receive buffer: small, so the server's echo backs up soon.
@@ -174,15 +175,4 @@ pub fn single_byte_segments_memory_bounded(target: &Target<'_>) -> CheckResult {
     }
     drop(stream);
     target.still_running("after a never-reading client sent single-byte segments")
-}
-
-/// The server's RSS, when we have the process and `/proc`.
-fn rss(target: &Target<'_>) -> Result<Option<u64>, CheckFailure> {
-    match target.server {
-        Some(server) if cfg!(target_os = "linux") => server
-            .rss_bytes()
-            .map(Some)
-            .context(|| "reading the server's RSS".to_owned()),
-        _ => Ok(None),
-    }
 }
