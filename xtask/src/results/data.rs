@@ -14,6 +14,10 @@ pub struct ResultsData {
     /// Chapter-specific measurements; absent in files from before they existed.
     #[serde(default)]
     pub scenarios: Option<ScenarioSet>,
+    /// Criterion's estimates for the chapters' micro-benchmarks; absent in
+    /// files from before they were imported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub benches: Option<BenchSet>,
 }
 
 /// Where and when the numbers were measured.
@@ -218,4 +222,43 @@ pub struct ScenarioTable {
 pub struct ScenarioRow {
     pub cells: Vec<String>,
     pub error: Option<String>,
+}
+
+/// The chapters' criterion benches (`cargo bench -p chNN-… --bench …`), one
+/// run of each, imported from criterion's own `estimates.json` files by
+/// `cargo xtask results --only-benches`. Measured on their own, so they carry
+/// their own machine and date.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchSet {
+    pub machine: Machine,
+    /// Wall-clock seconds the whole set took, builds included.
+    pub seconds: f64,
+    pub estimates: Vec<BenchEstimate>,
+}
+
+/// One criterion benchmark: `GROUP/FUNCTION/VALUE` of one bench target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchEstimate {
+    /// The package and bench target: `cargo bench -p PACKAGE --bench BENCH`.
+    pub package: String,
+    pub bench: String,
+    pub group: String,
+    pub function: String,
+    /// The benchmark's parameter (`BenchmarkId::new(function, value)`).
+    pub value: Option<String>,
+    /// Elements per iteration, where the bench declares a throughput.
+    pub elements: Option<u64>,
+    /// Criterion's median time per iteration, in ns, and its 95% interval.
+    pub median_ns: f64,
+    pub lower_ns: f64,
+    pub upper_ns: f64,
+}
+
+impl BenchSet {
+    /// The estimate for `group/function/value`, if it was measured.
+    pub fn find(&self, group: &str, function: &str, value: &str) -> Option<&BenchEstimate> {
+        self.estimates.iter().find(|e| {
+            e.group == group && e.function == function && e.value.as_deref() == Some(value)
+        })
+    }
 }

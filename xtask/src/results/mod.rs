@@ -6,6 +6,9 @@
 //! - `cargo xtask results --render`  re-render from the committed `data.json`
 //! - `cargo xtask results --only-scenarios`  measure only the chapter
 //!   scenarios (see `scenarios.rs`) and keep the committed matrix
+//! - `cargo xtask results --only-benches`  run the chapters' criterion
+//!   benches (see `bench_estimates.rs`), import their estimates and keep
+//!   everything else in the committed `data.json`
 //! - `cargo xtask results --check`   re-render in memory and fail if any generated
 //!   file differs from it (no measuring; the test command runs this)
 //! - `cargo xtask results --quick --server go-echo`  measure one server (or a
@@ -16,6 +19,7 @@
 //! `generated/<chapter>-<table>.md`. The numbers come from `results/data.json`
 //! only, so a hand-edited number is a `--check` failure.
 
+mod bench_estimates;
 mod claims;
 mod data;
 pub(crate) mod format;
@@ -59,6 +63,11 @@ pub struct ResultsArgs {
     /// matrix does not cover) and keep the committed matrix numbers.
     #[arg(long, conflicts_with_all = ["check", "render", "quick", "passes"])]
     only_scenarios: bool,
+    /// Run only the chapters' criterion benches (chapters 04, 05, 06; a few
+    /// minutes), import criterion's estimates into data.json and keep
+    /// everything else in it. The full run measures them too.
+    #[arg(long, conflicts_with_all = ["check", "render", "quick", "passes", "only_scenarios"])]
+    only_benches: bool,
     /// Measure only this server (repeatable), print its numbers as JSON and
     /// write nothing: a quick look at one server, e.g. `--quick --server
     /// go-echo`. The book's numbers always come from a run over all of them.
@@ -75,6 +84,18 @@ pub fn run(args: &ResultsArgs) -> TaskResult {
         return write_rendered(&data);
     }
     let started = Instant::now();
+    if args.only_benches {
+        let mut data = load(&data_path())?;
+        data.benches = Some(bench_estimates::measure_all().map_err(TaskError::Failed)?);
+        write_file(&data_path(), &to_json(&data)?)?;
+        write_rendered(&data)?;
+        eprintln!(
+            "\nresults: ran the criterion benches in {:.0} s; wrote {} and the pages it renders",
+            started.elapsed().as_secs_f64(),
+            relative(&data_path())
+        );
+        return Ok(());
+    }
     if args.only_scenarios {
         let mut data = load(&data_path())?;
         data.scenarios = Some(measure_scenarios(true)?);
@@ -110,6 +131,12 @@ pub fn run(args: &ResultsArgs) -> TaskResult {
     let mut data = measure_all(args.quick, passes, &[])?;
     // The servers and loadgen are built by now.
     data.scenarios = Some(measure_scenarios(false)?);
+    data.benches = if args.quick {
+        // A quick run checks the pipeline; the committed benches stay.
+        load(&data_path()).ok().and_then(|old| old.benches)
+    } else {
+        Some(bench_estimates::measure_all().map_err(TaskError::Failed)?)
+    };
     write_file(&data_path(), &to_json(&data)?)?;
     write_rendered(&data)?;
     eprintln!(
@@ -270,6 +297,7 @@ fn measure_all(quick: bool, passes: usize, only: &[String]) -> Result<ResultsDat
         settings,
         servers,
         scenarios: None,
+        benches: None,
     })
 }
 // ANCHOR_END: measure_all

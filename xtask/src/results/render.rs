@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use c1m_benches::Server;
 
+use super::bench_estimates;
 use super::claims;
 use super::data::{EchoPoint, ResultsData, ScenarioSet, ScenarioTable, ServerResults};
 use super::format::{micros, thousands};
@@ -48,6 +49,7 @@ pub fn render(data: &ResultsData, servers: &[Server]) -> Result<Vec<(PathBuf, St
         files.push((snippet_path(server.name), not_measured_snippet(server.name)));
     }
     files.extend(scenario_tables(data.scenarios.as_ref()));
+    files.extend(bench_estimates::render(data.benches.as_ref()));
     // The Go appendix's table of the playbook's claims, from all of the above.
     files.push((claims::path(), claims::render(data)));
     Ok(files)
@@ -88,7 +90,7 @@ fn bytes(b: u64) -> String {
 }
 
 /// `a / b` as `1.23×`, or `–` if either is missing or `b` is zero.
-fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+pub(super) fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
         // Two decimals, or two significant digits for small ratios, so
         // 1/150 reads 0.0067× rather than 0.01×.
@@ -675,7 +677,7 @@ fn failures(page: &mut String, data: &ResultsData) {
     page.push('\n');
 }
 
-fn table_header(page: &mut String, cells: &[String]) {
+pub(super) fn table_header(page: &mut String, cells: &[String]) {
     table_row(page, cells);
     let rule: Vec<String> = cells
         .iter()
