@@ -23,6 +23,7 @@ mod profile;
 mod results;
 mod run;
 mod test;
+mod typed_numbers;
 
 use std::process::ExitCode;
 

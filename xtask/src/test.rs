@@ -6,7 +6,7 @@ use std::time::Instant;
 use clap::Args;
 
 use crate::run::{TaskError, TaskResult, cargo, run_step};
-use crate::{book, exercise, million, neighbours, results};
+use crate::{book, exercise, million, neighbours, results, typed_numbers};
 
 #[derive(Args)]
 pub struct TestArgs {
@@ -50,6 +50,7 @@ pub fn run(args: &TestArgs) -> TaskResult {
     }
     // The results page and chapter tables come from the committed data only.
     results::check()?;
+    typed_numbers::check()?;
     neighbours::check()?;
     eprintln!("\n==> the recorded million run matches its page");
     million::check_recorded()?;

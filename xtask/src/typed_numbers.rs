@@ -1,0 +1,359 @@
+//! The check that keeps measurements out of the book's hand-written text.
+//!
+//! Every measured figure on a page comes from a generated file the page
+//! includes (`{{#include generated/….md}}`, rendered from
+//! `book/src/results/*.json`), so it can be re-measured and cannot go stale
+//! unnoticed. This check reads every hand-written page under `book/src` and
+//! fails on what looks like a figure typed in by hand:
+//!
+//! - a **table row** with a cell that is a figure (a number, with or without
+//!   a unit or an interval: `13.6 µs [13.2, 14.6]`, `79,083`, `6.38`);
+//! - in **prose**, a number followed by a unit of measurement when it reads
+//!   as measured rather than chosen: a decimal (`4.7 µs`, `9.0 MiB`), an
+//!   approximation (`about 25 KiB`, `≈6 GiB`), a percentile (`p99 216 ms`),
+//!   or a ratio or rate (`1.16×`, `15,072 conn/s`).
+//!
+//! Whole numbers with a unit (`16 KiB chunks`, `a 10 s timeout`, `100 ms`)
+//! are design constants and settings, and pass. Code blocks, inline code
+//! and `{{#include}}` lines are not prose. What remains that is not a
+//! measurement goes in [`ALLOWED`], with the reason.
+
+use std::path::Path;
+
+use regex::Regex;
+
+use crate::run::{TaskError, TaskResult, workspace_root};
+
+/// Figures on hand-written pages that are not measurements: (page, the exact
+/// text the check reports, why it may stay).
+pub const ALLOWED: &[(&str, &str, &str)] = &[
+    (
+        "appendix-baselines.md",
+        "1.05×",
+        "an example of how to read the ratio column, not a result",
+    ),
+    (
+        "appendix-baselines.md",
+        "1.30×",
+        "an example of how to read the ratio column, not a result",
+    ),
+    (
+        "appendix-measuring.md",
+        "~100%",
+        "what a saturated core reads as, not a result",
+    ),
+    (
+        "ch09-io-uring.md",
+        "1.4–1.6×",
+        "published figures of other io_uring servers, cited as such",
+    ),
+    (
+        "ch08-million-connections.md",
+        "about 95 %",
+        "the fill factor the supervisor's plan uses (FILL_PERCENT), a constant",
+    ),
+    (
+        "ch06-idle-timeouts.md",
+        "0.5 s",
+        "a timeout setting (the conformance check's --idle-timeout 0.5)",
+    ),
+    (
+        "ch06-idle-timeouts.md",
+        "0.1 s",
+        "a timeout setting (the smallest timeout the wheel sizes for)",
+    ),
+    (
+        "ch06-idle-timeouts.md",
+        "0.3 s",
+        "a timeout setting of the test it describes",
+    ),
+    (
+        "ch06-idle-timeouts.md",
+        "0.6 s",
+        "a work setting of the test it describes",
+    ),
+    (
+        "ch06-idle-timeouts.md",
+        "0.2 s",
+        "a timeout setting of the test it describes",
+    ),
+    (
+        "ch06-idle-timeouts.md",
+        "0.4 ms",
+        "an example of a timeout rounded down, not a result",
+    ),
+];
+
+/// One figure the check objects to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finding {
+    pub line: usize,
+    /// The figure, or the whole row for a table.
+    pub text: String,
+    pub what: &'static str,
+}
+
+/// The patterns, compiled once per check.
+struct Patterns {
+    /// A number with a unit in prose, with what may come before it.
+    prose: Regex,
+    /// A table cell that is only a figure.
+    cell: Regex,
+    code_span: Regex,
+}
+
+const NUMBER: &str = r"\d[\d,]*(?:\.\d+)?";
+/// Units of measurement, longest first where one is a prefix of another.
+const UNITS: &str = r"(?:messages per second|connections per second|connections a second|per second|msgs/s|messages/s|conn/s|seconds?|minutes?|ns|µs|us|ms|s|KB|MB|GB|kB|KiB|MiB|GiB|B|bytes|%)";
+
+impl Patterns {
+    fn new() -> Patterns {
+        let range = format!(r"{NUMBER}(?:\s*(?:–|-|to|/|\.\.)\s*{NUMBER})?");
+        let prose = format!(
+            r"(?:^|[^\w.\-])(?P<pre>≈|~|(?:about|around|roughly|nearly|near|p50|p99|p99\.9|median)\s+)?(?P<n>{range})(?:(?P<ratio>×)|[ \u{{a0}}]?(?P<unit>{UNITS}))(?:[^\w]|$)"
+        );
+        let cell = format!(r"^\s*[≈~]?{range}\s*(?:{UNITS}|×)?\s*(?:\[[^\]]*\])?\s*†?\s*$");
+        Patterns {
+            prose: Regex::new(&prose).expect("the prose pattern is valid"),
+            cell: Regex::new(&cell).expect("the cell pattern is valid"),
+            code_span: Regex::new(r"`[^`]*`").expect("the code span pattern is valid"),
+        }
+    }
+}
+
+/// Rates and ratios are always measurements in this book's prose.
+fn is_rate(unit: &str) -> bool {
+    unit.contains("per second") || unit.ends_with("/s") || unit == "connections a second"
+}
+
+/// The figures typed into one page's hand-written text.
+pub fn scan(text: &str) -> Vec<Finding> {
+    let patterns = Patterns::new();
+    let mut findings = Vec::new();
+    if text.starts_with("<!-- Generated") {
+        return findings;
+    }
+    let mut fence: Option<&str> = None;
+    for (index, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        let marker = ["```", "~~~"].into_iter().find(|m| trimmed.starts_with(m));
+        match (fence, marker) {
+            (None, Some(m)) => {
+                fence = Some(m);
+                continue;
+            }
+            (Some(open), Some(m)) if open == m => {
+                fence = None;
+                continue;
+            }
+            _ => {}
+        }
+        if fence.is_some() || line.contains("{{#include") {
+            continue;
+        }
+        let prose = patterns.code_span.replace_all(line, "``");
+        let row = prose.trim();
+        if row.starts_with('|') {
+            let cells: Vec<&str> = row.trim_matches('|').split('|').collect();
+            let figure = cells
+                .iter()
+                .skip(1)
+                .any(|c| c.chars().any(|ch| ch.is_ascii_digit()) && patterns.cell.is_match(c));
+            if figure {
+                findings.push(Finding {
+                    line: index + 1,
+                    text: line.trim().to_string(),
+                    what: "a figure in a table typed into the page",
+                });
+                continue;
+            }
+        }
+        for m in patterns.prose.captures_iter(&prose) {
+            let number = m.name("n").map_or("", |n| n.as_str());
+            let unit = m.name("unit").map_or("", |u| u.as_str());
+            let measured = m.name("pre").is_some()
+                || m.name("ratio").is_some()
+                || number.contains('.')
+                || is_rate(unit);
+            if !measured {
+                continue;
+            }
+            let start = m.name("pre").or(m.name("n")).map_or(0, |s| s.start());
+            let end = m
+                .name("ratio")
+                .or(m.name("unit"))
+                .map_or(start, |s| s.end());
+            let figure = prose[start..end].to_string();
+            findings.push(Finding {
+                line: index + 1,
+                text: figure,
+                what: "a measured figure typed into the prose",
+            });
+        }
+    }
+    findings
+}
+
+/// Whether the allow-list covers a finding on `page`.
+fn allowed(page: &str, finding: &Finding) -> bool {
+    ALLOWED
+        .iter()
+        .any(|(p, text, _)| *p == page && *text == finding.text)
+}
+
+/// The check the test command runs over every page in `book/src`.
+pub fn check() -> TaskResult {
+    eprintln!("\n==> no measured figure typed into a page (each comes from a generated file)");
+    let src = workspace_root().join("book").join("src");
+    let mut pages: Vec<_> = std::fs::read_dir(&src)
+        .map_err(|e| TaskError::Failed(format!("reading {}: {e}", src.display())))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .collect();
+    pages.sort();
+    let mut problems = Vec::new();
+    let mut used = vec![false; ALLOWED.len()];
+    for path in &pages {
+        let page = file_name(path);
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| TaskError::Failed(format!("reading {}: {e}", path.display())))?;
+        for finding in scan(&text) {
+            if let Some(i) = ALLOWED
+                .iter()
+                .position(|(p, t, _)| *p == page && *t == finding.text)
+            {
+                used[i] = true;
+            }
+            if !allowed(&page, &finding) {
+                problems.push(format!(
+                    "book/src/{page}:{}: {}: {}",
+                    finding.line, finding.what, finding.text
+                ));
+            }
+        }
+    }
+    // An entry nothing needs any more is one more place a figure could hide.
+    for ((page, text, _), used) in ALLOWED.iter().zip(used) {
+        if !used {
+            problems.push(format!(
+                "typed_numbers::ALLOWED lists `{text}` on {page}, which is not there any more: \
+                 remove the entry"
+            ));
+        }
+    }
+    if problems.is_empty() {
+        eprintln!(
+            "    ok ({} pages, {} allowed figures)",
+            pages.len(),
+            ALLOWED.len()
+        );
+        return Ok(());
+    }
+    for problem in &problems {
+        eprintln!("    {problem}");
+    }
+    Err(TaskError::Failed(format!(
+        "{} figure(s) typed into the book: measure them with a command that writes a \
+         generated file the page includes (see `cargo xtask results`), or, if one is not a \
+         measurement, add it with the reason to ALLOWED in xtask/src/typed_numbers.rs",
+        problems.len()
+    )))
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: &str = "\
+# A page
+
+The loop costs about 4.7 µs of server CPU per message, and rayon was 1.16×
+faster; p99 216 ms with one reactor, 15,072 conn/s while ramping, 9.0 MiB in all.
+
+| bench | hand | rayon |
+|---|---:|---:|
+| `round_trip` | 13.6 µs [13.2, 14.6] | 7.2 µs [5.8, 16.6] |
+| msgs/s | 79,083 | 61,518 |
+
+Settings are not measurements: 16 KiB chunks, a 10 s timeout, 100 ms back-off,
+`--work-us 200`, 64-byte messages, 2 cores.
+
+| limit | fix |
+|---|---|
+| `RLIMIT_NOFILE` | `ulimit -n 1100000` |
+
+{{#include generated/ch04-worker-pool-bench-hand-off.md}}
+
+```text
+summary: epoll_wait=4 took 2.5 ms
+```
+";
+
+    #[test]
+    fn typed_figures_in_prose_and_tables_are_found() {
+        let found: Vec<String> = scan(PAGE).into_iter().map(|f| f.text).collect();
+        for figure in [
+            "about 4.7 µs",
+            "1.16×",
+            "p99 216 ms",
+            "15,072 conn/s",
+            "9.0 MiB",
+        ] {
+            assert!(
+                found.iter().any(|f| f == figure),
+                "{figure} not found in {found:?}"
+            );
+        }
+        assert!(
+            found.iter().any(|f| f.contains("13.6 µs [13.2, 14.6]")),
+            "{found:?}"
+        );
+        assert!(found.iter().any(|f| f.contains("79,083")), "{found:?}");
+    }
+
+    #[test]
+    fn settings_code_and_includes_pass() {
+        let found: Vec<String> = scan(PAGE).into_iter().map(|f| f.text).collect();
+        assert_eq!(found.len(), 7, "{found:?}");
+        for setting in ["16 KiB", "10 s", "100 ms", "200", "2.5 ms", "1100000"] {
+            assert!(
+                !found.iter().any(|f| f.contains(setting) && !f.contains('|')),
+                "{setting} flagged: {found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_book_has_no_typed_figures() {
+        if let Err(e) = check() {
+            panic!("{e}");
+        }
+    }
+
+    #[test]
+    fn generated_pages_are_not_scanned() {
+        let page = "<!-- Generated by `cargo xtask results`. -->\n\n| a | 1.5 µs |\n";
+        assert!(scan(page).is_empty());
+    }
+
+    #[test]
+    fn the_allow_list_names_exact_text_with_a_reason() {
+        for (page, text, why) in ALLOWED {
+            assert!(page.ends_with(".md"), "{page}");
+            assert!(!text.is_empty() && !why.is_empty());
+        }
+        let finding = Finding {
+            line: 1,
+            text: "1.05×".to_string(),
+            what: "",
+        };
+        assert!(allowed("appendix-baselines.md", &finding));
+        assert!(!allowed("ch04-worker-pool.md", &finding));
+    }
+}
