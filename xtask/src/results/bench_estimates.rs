@@ -19,7 +19,7 @@ use serde::Deserialize;
 use super::data::{BenchEstimate, BenchSet};
 use super::format::thousands;
 use super::machine;
-use super::render::{MARKDOWN_NOTE, ratio, table_header, table_row};
+use super::render::{MARKDOWN_NOTE, table_header, table_row};
 
 /// A criterion bench target of a chapter, and the groups it writes.
 pub struct BenchSpec {
@@ -229,7 +229,9 @@ pub fn render(set: Option<&BenchSet>) -> Vec<(PathBuf, String)> {
                 None => None,
             };
             let text = match (body, set) {
-                (Some(body), Some(set)) => format!("{MARKDOWN_NOTE}\n\n{body}{}", footer(set)),
+                (Some(body), Some(set)) => {
+                    format!("{MARKDOWN_NOTE}\n\n{body}{}", footer(set, chapter))
+                }
                 _ => format!(
                     "{MARKDOWN_NOTE}\n\nThis table has not been measured yet: run \
                      `cargo xtask results --only-benches` to fill it in.\n"
@@ -257,17 +259,20 @@ fn table(set: &BenchSet, id: &str) -> Option<String> {
     }
 }
 
-fn footer(set: &BenchSet) -> String {
+fn footer(set: &BenchSet, package: &str) -> String {
     let m = &set.machine;
-    let commands: Vec<String> = BENCHES
+    let command = BENCHES
         .iter()
-        .map(|b| format!("`cargo bench -p {} --bench {}`", b.package, b.bench))
-        .collect();
+        .find(|b| b.package == package)
+        .map_or_else(String::new, |b| {
+            format!(" of `cargo bench -p {} --bench {}`", b.package, b.bench)
+        });
     format!(
-        "<small>Criterion's median and its 95% interval from one run of each bench, \
-         imported by `cargo xtask results --only-benches` ({}) on {}, {} cores, Linux {}, \
-         {} (UTC); all of them took {} s. Ratios compare benchmarks of the same run.</small>\n",
-        commands.join(", "),
+        "<small>Criterion's median and its 95% interval from one run{}, imported by \
+         `cargo xtask results --only-benches` on {}, {} cores, Linux {}, {} (UTC); the \
+         chapters' benches took {} s together. Ratios compare benchmarks of the same \
+         run.</small>\n",
+        command,
         m.cpu,
         m.cores,
         m.kernel,
@@ -317,6 +322,27 @@ fn with_interval(e: &BenchEstimate, per: f64) -> String {
         }
     };
     format!("{median} [{}, {}]", bound(e.lower_ns), bound(e.upper_ns))
+}
+
+/// `a / b` as `0.041×`, `1.31×`, `24.0×` or `389×`: three significant
+/// digits, or `–` if either side is missing.
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => {
+            let r = a / b;
+            if r >= 100.0 {
+                format!("{r:.0}×")
+            } else if r >= 10.0 {
+                format!("{r:.1}×")
+            } else if r >= 0.1 || r == 0.0 {
+                format!("{r:.2}×")
+            } else {
+                let decimals = (1.0 - r.log10().floor()) as usize + 1;
+                format!("{r:.decimals$}×")
+            }
+        }
+        _ => "–".to_string(),
+    }
 }
 
 fn missing() -> String {
@@ -510,6 +536,15 @@ mod tests {
     }
 
     #[test]
+    fn ratios_keep_three_significant_digits() {
+        assert_eq!(ratio(Some(388.6), Some(1.0)), "389×");
+        assert_eq!(ratio(Some(24.01), Some(1.0)), "24.0×");
+        assert_eq!(ratio(Some(1.314), Some(1.0)), "1.31×");
+        assert_eq!(ratio(Some(0.0406), Some(1.0)), "0.0406×");
+        assert_eq!(ratio(None, Some(1.0)), "–");
+    }
+
+    #[test]
     fn durations_pick_a_unit_and_three_digits() {
         assert_eq!(duration_ns(2.84), "2.84 ns");
         assert_eq!(duration_ns(638.5), "638 ns");
@@ -549,7 +584,7 @@ mod tests {
         }
         let text = timers(&set(estimates), "expire", &["wheel", "heap"], false);
         assert!(text.contains("| 100,000 | 100 ns [90.0, 110] | 1.40 µs"), "{text}");
-        assert!(text.contains("`heap` took 4.00× to 14.00×"), "{text}");
+        assert!(text.contains("`heap` took 4.00× to 14.0×"), "{text}");
         let per_timer = timers(
             &set(vec![{
                 let mut e = estimate("insert", "wheel", "10000", 200_000.0);
