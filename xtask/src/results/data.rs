@@ -215,6 +215,13 @@ pub struct ScenarioTable {
     /// Sentences derived from the rows at measuring time (ratios, shares).
     #[serde(default)]
     pub notes: Vec<String>,
+    /// Where and when this table was measured, when that differs from the
+    /// set's (a later `--only-scenarios --chapter` run merged it in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<Machine>,
+    /// Seconds this table's run took, with `machine`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
 }
 
 /// One row: cells already formatted for the page, or the reason it has none.

@@ -63,6 +63,11 @@ pub struct ResultsArgs {
     /// matrix does not cover) and keep the committed matrix numbers.
     #[arg(long, conflicts_with_all = ["check", "render", "quick", "passes"])]
     only_scenarios: bool,
+    /// With --only-scenarios: measure only this chapter's scenarios
+    /// (repeatable, e.g. `--chapter ch07-core-pinning`) and keep every other
+    /// table in data.json.
+    #[arg(long = "chapter", value_name = "PACKAGE", requires = "only_scenarios")]
+    chapters: Vec<String>,
     /// Run only the chapters' criterion benches (chapters 04, 05, 06; a few
     /// minutes), import criterion's estimates into data.json and keep
     /// everything else in it. The full run measures them too.
@@ -98,7 +103,19 @@ pub fn run(args: &ResultsArgs) -> TaskResult {
     }
     if args.only_scenarios {
         let mut data = load(&data_path())?;
-        data.scenarios = Some(measure_scenarios(true)?);
+        for chapter in &args.chapters {
+            if !scenarios::TABLES.iter().any(|(c, _)| c == chapter) {
+                return Err(TaskError::Usage(format!(
+                    "--chapter {chapter}: no chapter scenario has that name (see TABLES in \
+                     xtask/src/results/scenarios.rs)"
+                )));
+            }
+        }
+        let measured = measure_scenarios(true, &args.chapters)?;
+        data.scenarios = Some(match data.scenarios.take() {
+            Some(old) if !args.chapters.is_empty() => merge_scenarios(old, measured),
+            _ => measured,
+        });
         write_file(&data_path(), &to_json(&data)?)?;
         write_rendered(&data)?;
         eprintln!(
@@ -130,7 +147,7 @@ pub fn run(args: &ResultsArgs) -> TaskResult {
     }
     let mut data = measure_all(args.quick, passes, &[])?;
     // The servers and loadgen are built by now.
-    data.scenarios = Some(measure_scenarios(false)?);
+    data.scenarios = Some(measure_scenarios(false, &[])?);
     data.benches = if args.quick {
         // A quick run checks the pipeline; the committed benches stay.
         load(&data_path()).ok().and_then(|old| old.benches)
@@ -156,7 +173,10 @@ fn to_json(data: &ResultsData) -> Result<String, TaskError> {
 
 /// Builds what the scenarios run (the servers and loadgen too, unless the
 /// matrix just did) and measures them.
-fn measure_scenarios(build_servers: bool) -> Result<data::ScenarioSet, TaskError> {
+fn measure_scenarios(
+    build_servers: bool,
+    only: &[String],
+) -> Result<data::ScenarioSet, TaskError> {
     let cores = CorePlan::detect();
     let release_dir = if build_servers {
         eprintln!("==> build loadgen and every server (release)");
@@ -168,7 +188,30 @@ fn measure_scenarios(build_servers: bool) -> Result<data::ScenarioSet, TaskError
     scenarios::build_examples().map_err(TaskError::Failed)?;
     measure::check_binaries(&release_dir, &c1m_benches::available()).map_err(TaskError::Failed)?;
     c1m_benches::raise_fd_limit(19_000).map_err(TaskError::Failed)?;
-    Ok(scenarios::measure_all(&release_dir, cores))
+    Ok(scenarios::measure_all(&release_dir, cores, only))
+}
+
+/// The committed tables with the newly measured ones in their place (or
+/// added), for a run of some chapters' scenarios only. Each new table
+/// carries the machine, date and time of its own run.
+fn merge_scenarios(old: data::ScenarioSet, new: data::ScenarioSet) -> data::ScenarioSet {
+    let mut tables = old.tables;
+    for mut table in new.tables {
+        table.machine = Some(new.machine.clone());
+        table.seconds = Some(new.seconds);
+        match tables
+            .iter_mut()
+            .find(|t| t.chapter == table.chapter && t.id == table.id)
+        {
+            Some(slot) => *slot = table,
+            None => tables.push(table),
+        }
+    }
+    data::ScenarioSet {
+        machine: old.machine,
+        seconds: old.seconds,
+        tables,
+    }
 }
 
 /// `CPU, N cores, Linux K, DATE (UTC)`: the stamp other generated pages

@@ -947,13 +947,24 @@ fn scenario_table(set: &ScenarioSet, table: &ScenarioTable) -> String {
     if !errors.is_empty() {
         out.push('\n');
     }
-    let m = &set.machine;
+    let (m, took) = match (&table.machine, table.seconds) {
+        (Some(m), Some(seconds)) => (
+            m,
+            format!(
+                "this chapter's scenarios took {seconds} s (`--only-scenarios --chapter {}`)",
+                table.chapter
+            ),
+        ),
+        _ => (
+            &set.machine,
+            format!("the whole set of chapter scenarios took {} s", set.seconds),
+        ),
+    };
     let _ = writeln!(
         out,
         "<small>Measured by `cargo xtask results` (the chapter scenarios; \
-         `--only-scenarios` runs just those) on {}, {} cores, Linux {}, {} (UTC); the whole \
-         set of chapter scenarios took {} s.</small>",
-        m.cpu, m.cores, m.kernel, m.date, set.seconds
+         `--only-scenarios` runs just those) on {}, {} cores, Linux {}, {} (UTC); {took}.</small>",
+        m.cpu, m.cores, m.kernel, m.date
     );
     out
 }

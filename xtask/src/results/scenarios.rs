@@ -34,6 +34,7 @@ pub const TABLES: &[(&str, &str)] = &[
     ("ch06-idle-timeouts", "reap-lateness"),
     ("ch07-core-pinning", "balance"),
     ("ch07-core-pinning", "reactors"),
+    ("ch07-core-pinning", "busy-reactor"),
     ("ch09-io-uring", "syscalls"),
 ];
 
@@ -49,31 +50,48 @@ struct Bench {
 }
 
 /// Builds what the scenarios need beyond the servers and loadgen, then
-/// measures every scenario in turn.
-pub fn measure_all(release_dir: &Path, cores: CorePlan) -> ScenarioSet {
+/// measures every scenario in turn (or only those of the chapters named in
+/// `only`, when it is not empty).
+pub fn measure_all(release_dir: &Path, cores: CorePlan, only: &[String]) -> ScenarioSet {
     let started = Instant::now();
     let bench = Bench {
         release_dir: release_dir.to_path_buf(),
         cores,
     };
+    let wanted = |chapter: &str| only.is_empty() || only.iter().any(|c| c == chapter);
     eprintln!("\n==> chapter scenarios");
     let mut tables = Vec::new();
-    tables.push(timed("ch01 threads and memory", || bench.ch01_held()));
-    let (lt, both) = timed("ch02/ch03 syscalls per message", || bench.syscalls());
-    tables.push(lt);
-    tables.push(both);
-    let (work_200, work_0) = timed("ch04 pool vs loop", || bench.worker_pool());
-    tables.push(work_200);
-    tables.push(work_0);
-    tables.push(timed("ch05 bytes per idle connection", || {
-        bench.idle_memory()
-    }));
-    tables.push(timed("ch06 reap lateness", reap_lateness));
-    tables.push(timed("ch07 connection balance", || bench.balance()));
-    tables.push(timed("ch07 reactors and pinning", || bench.reactors()));
-    tables.push(timed("ch09 syscalls per message", || {
-        bench.io_uring_syscalls()
-    }));
+    if wanted("ch01-thread-per-connection") {
+        tables.push(timed("ch01 threads and memory", || bench.ch01_held()));
+    }
+    if wanted("ch02-epoll-level-triggered") || wanted("ch03-epoll-edge-triggered") {
+        let (lt, both) = timed("ch02/ch03 syscalls per message", || bench.syscalls());
+        tables.push(lt);
+        tables.push(both);
+    }
+    if wanted("ch04-worker-pool") {
+        let (work_200, work_0) = timed("ch04 pool vs loop", || bench.worker_pool());
+        tables.push(work_200);
+        tables.push(work_0);
+    }
+    if wanted("ch05-buffer-pool") {
+        tables.push(timed("ch05 bytes per idle connection", || {
+            bench.idle_memory()
+        }));
+    }
+    if wanted("ch06-idle-timeouts") {
+        tables.push(timed("ch06 reap lateness", reap_lateness));
+    }
+    if wanted("ch07-core-pinning") {
+        tables.push(timed("ch07 connection balance", || bench.balance()));
+        tables.push(timed("ch07 reactors and pinning", || bench.reactors()));
+        tables.push(timed("ch07 a starved reactor", || bench.busy_reactor()));
+    }
+    if wanted("ch09-io-uring") {
+        tables.push(timed("ch09 syscalls per message", || {
+            bench.io_uring_syscalls()
+        }));
+    }
     ScenarioSet {
         machine: machine::this_machine(cores),
         seconds: started.elapsed().as_secs_f64().round(),
@@ -120,6 +138,8 @@ fn table(chapter: &str, id: &str, columns: &[&str]) -> ScenarioTable {
         columns: columns.iter().map(|c| c.to_string()).collect(),
         rows: Vec::new(),
         notes: Vec::new(),
+        machine: None,
+        seconds: None,
     }
 }
 
@@ -883,6 +903,77 @@ impl Bench {
         t
     }
     // ANCHOR_END: reactors
+
+    // ANCHOR: busy_reactor
+    /// A reactor that cannot keep up: `--threads 2 --pin`, CPU 0 (reactor
+    /// 0's) taken by a higher-priority spinning process (`taskset -c 0 nice
+    /// -n -15 sh -c 'while :; do :; done'`, the page's command) while 100
+    /// clients connect in one burst and echo 64-byte messages for 4 s.
+    /// Twice for each balancing mode: where the connections went, and what
+    /// their clients waited.
+    fn busy_reactor(&self) -> ScenarioTable {
+        let mut t = table(
+            "ch07-core-pinning",
+            "busy-reactor",
+            &[
+                "server flags",
+                "run",
+                "reactor 0 (CPU 0 taken)",
+                "reactor 1",
+                "RTT p50",
+                "RTT p99",
+            ],
+        );
+        for flags in [
+            &["--threads", "2", "--pin"][..],
+            &["--threads", "2", "--pin", "--balance", "exclusive"],
+        ] {
+            let label = format!("`{}`", flags.join(" "));
+            for run in 1..=2 {
+                match self.starved_run(flags) {
+                    Ok((r0, r1, report)) => t.rows.push(row(vec![
+                        label.clone(),
+                        run.to_string(),
+                        n(r0),
+                        n(r1),
+                        micros(report.rtt_us.p50_us),
+                        micros(report.rtt_us.p99_us),
+                    ])),
+                    Err(e) => t.rows.push(failed(&format!("{label}, run {run}"), e)),
+                }
+            }
+        }
+        t
+    }
+    // ANCHOR_END: busy_reactor
+
+    fn starved_run(&self, flags: &[&str]) -> Result<(u64, u64, EchoReport), String> {
+        let process = self.start_unpinned("ch07-core-pinning", flags)?;
+        let mut hog = Command::new("taskset")
+            .args(["-c", "0", "nice", "-n", "-15", "sh", "-c", "while :; do :; done"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start the CPU hog (taskset, from util-linux): {e}"))?;
+        // Let the hog take the core before the clients arrive.
+        std::thread::sleep(Duration::from_millis(300));
+        let mut echo = self.loadgen("echo", &process, false);
+        echo.args(["--conns", "100", "--size", "64", "--duration", "4"]);
+        let report = measure::run_json::<EchoReport>(&mut echo);
+        let _ = hog.kill();
+        let _ = hog.wait();
+        let counts = summary_of(process)?;
+        let report = report?;
+        if !report.ok {
+            return Err(measure::echo_failure(&report));
+        }
+        Ok((
+            count(&counts, "reactor0_accepted")?,
+            count(&counts, "reactor1_accepted")?,
+            report,
+        ))
+    }
 }
 
 // ---------------------------------------------------------------------------
