@@ -494,7 +494,7 @@ fn timers(set: &BenchSet, group: &str, structures: &[&str], per_element: bool) -
     if !parts.is_empty() {
         let _ = writeln!(
             out,
-            "Over the three sizes in this run: {} (above 1.00× the wheel was cheaper).\n",
+            "Over the three sizes in this run: {} (above 1.00×, the wheel was cheaper).\n",
             parts.join("; ")
         );
     }
