@@ -233,7 +233,10 @@ fn scan_prose(patterns: &Patterns, first: usize, text: &str, findings: &mut Vec<
         findings.push(Finding {
             line,
             // A figure wrapped over two lines reads as on one.
-            text: text[start..end].split_whitespace().collect::<Vec<_>>().join(" "),
+            text: text[start..end]
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
             what: "a measured figure typed into the prose",
         });
     }
@@ -371,7 +374,9 @@ summary: epoll_wait=4 took 2.5 ms
         assert_eq!(found.len(), 8, "{found:?}");
         for setting in ["16 KiB", "10 s", "100 ms", "200", "2.5 ms", "1100000"] {
             assert!(
-                !found.iter().any(|f| f.contains(setting) && !f.contains('|')),
+                !found
+                    .iter()
+                    .any(|f| f.contains(setting) && !f.contains('|')),
                 "{setting} flagged: {found:?}"
             );
         }

@@ -93,7 +93,14 @@ pub fn measure_all() -> Result<BenchSet, String> {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let output = Command::new(cargo)
             .current_dir(c1m_benches::workspace_root())
-            .args(["bench", "--quiet", "-p", spec.package, "--bench", spec.bench])
+            .args([
+                "bench",
+                "--quiet",
+                "-p",
+                spec.package,
+                "--bench",
+                spec.bench,
+            ])
             .args(["--", "--noplot"])
             .output()
             .map_err(|e| format!("cannot run cargo: {e}"))?;
@@ -272,12 +279,7 @@ fn footer(set: &BenchSet, package: &str) -> String {
          `cargo xtask results --only-benches` on {}, {} cores, Linux {}, {} (UTC); the \
          chapters' benches took {} s together. Ratios compare benchmarks of the same \
          run.</small>\n",
-        command,
-        m.cpu,
-        m.cores,
-        m.kernel,
-        m.date,
-        set.seconds
+        command, m.cpu, m.cores, m.kernel, m.date, set.seconds
     )
 }
 
@@ -381,7 +383,11 @@ fn hand_off(set: &BenchSet) -> String {
     let faster = |function: &str| {
         let hand = set.find("hand_off", function, "hand")?.median_ns;
         let rayon = set.find("hand_off", function, "rayon")?.median_ns;
-        Some(if rayon < hand { "rayon" } else { "the hand-rolled pool" })
+        Some(if rayon < hand {
+            "rayon"
+        } else {
+            "the hand-rolled pool"
+        })
     };
     if let (Some(one), Some(batch)) = (faster("round_trip"), faster("batch_of_64")) {
         let _ = writeln!(
@@ -583,7 +589,10 @@ mod tests {
             estimates.push(estimate("expire", "heap", &n.to_string(), h));
         }
         let text = timers(&set(estimates), "expire", &["wheel", "heap"], false);
-        assert!(text.contains("| 100,000 | 100 ns [90.0, 110] | 1.40 µs"), "{text}");
+        assert!(
+            text.contains("| 100,000 | 100 ns [90.0, 110] | 1.40 µs"),
+            "{text}"
+        );
         assert!(text.contains("`heap` took 4.00× to 14.0×"), "{text}");
         let per_timer = timers(
             &set(vec![{
@@ -595,13 +604,20 @@ mod tests {
             &["wheel"],
             true,
         );
-        assert!(per_timer.contains("| 10,000 | 20.0 ns [18.0, 22.0] |"), "{per_timer}");
+        assert!(
+            per_timer.contains("| 10,000 | 20.0 ns [18.0, 22.0] |"),
+            "{per_timer}"
+        );
     }
 
     #[test]
     fn every_table_renders_even_without_data() {
         let files = render(None);
         assert_eq!(files.len(), TABLES.len());
-        assert!(files.iter().all(|(_, text)| text.contains("--only-benches")));
+        assert!(
+            files
+                .iter()
+                .all(|(_, text)| text.contains("--only-benches"))
+        );
     }
 }

@@ -173,10 +173,7 @@ fn to_json(data: &ResultsData) -> Result<String, TaskError> {
 
 /// Builds what the scenarios run (the servers and loadgen too, unless the
 /// matrix just did) and measures them.
-fn measure_scenarios(
-    build_servers: bool,
-    only: &[String],
-) -> Result<data::ScenarioSet, TaskError> {
+fn measure_scenarios(build_servers: bool, only: &[String]) -> Result<data::ScenarioSet, TaskError> {
     let cores = CorePlan::detect();
     let release_dir = if build_servers {
         eprintln!("==> build loadgen and every server (release)");

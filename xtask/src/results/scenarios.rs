@@ -950,7 +950,16 @@ impl Bench {
     fn starved_run(&self, flags: &[&str]) -> Result<(u64, u64, EchoReport), String> {
         let process = self.start_unpinned("ch07-core-pinning", flags)?;
         let mut hog = Command::new("taskset")
-            .args(["-c", "0", "nice", "-n", "-15", "sh", "-c", "while :; do :; done"])
+            .args([
+                "-c",
+                "0",
+                "nice",
+                "-n",
+                "-15",
+                "sh",
+                "-c",
+                "while :; do :; done",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
