@@ -231,10 +231,7 @@ pub fn render(set: Option<&BenchSet>) -> Vec<(PathBuf, String)> {
     TABLES
         .iter()
         .map(|&(chapter, id)| {
-            let body = match set {
-                Some(set) => table(set, id),
-                None => None,
-            };
+            let body = set.and_then(|set| table(set, id));
             let text = match (body, set) {
                 (Some(body), Some(set)) => {
                     format!("{MARKDOWN_NOTE}\n\n{body}{}", footer(set, chapter))
