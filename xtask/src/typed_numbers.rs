@@ -170,10 +170,8 @@ pub fn scan(text: &str) -> Vec<Finding> {
             || row.is_empty()
             || row.starts_with('#')
             || line.contains("{{#include");
-        if ends_paragraph {
-            if let Some((first, text)) = paragraph.take() {
-                scan_prose(&patterns, first, &text, &mut findings);
-            }
+        if ends_paragraph && let Some((first, text)) = paragraph.take() {
+            scan_prose(&patterns, first, &text, &mut findings);
         }
         if in_code || line.contains("{{#include") {
             continue;
