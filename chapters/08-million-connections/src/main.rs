@@ -266,37 +266,22 @@ fn describe(out: &mut impl Write, args: &Args, settings: &Settings) -> io::Resul
 
 // ANCHOR: summary
 /// The summary line: every worker's counters added up (dead incarnations
-/// included), then how many connections each worker accepted (its last
-/// incarnation): the balance across processes, measured.
+/// included; each counter with a summary key in `stats.rs`'s table), the
+/// processes and reactors, then how many connections each worker accepted
+/// (its last incarnation): the balance across processes, measured.
 fn print_summary(out: &mut impl Write, settings: &Settings, outcome: &Outcome) -> io::Result<()> {
-    let total = &outcome.total;
+    write!(out, "summary:")?;
+    for counter in stats::COUNTERS {
+        if let Some(key) = counter.summary {
+            write!(out, " {key}={}", (counter.value)(&outcome.total))?;
+        }
+    }
     write!(
         out,
-        "summary: connections_served={} shed={} reaped={} epoll_wait={} epoll_ctl={} read={} \
-         write={} accept={} jobs={} inline={} requeued={} pool_misses={} timer_ops={} bytes_received={} \
-         bytes_sent={} loop_wakeups={} workers={} reactors={} restarts={} shutdown_dropped={} \
-         shutdown_dropped_bytes={}",
-        total.accepted,
-        total.shed,
-        total.reaped,
-        total.epoll_wait_calls,
-        total.epoll_ctl_calls,
-        total.read_calls,
-        total.write_calls,
-        total.accept_calls,
-        total.jobs,
-        total.inline,
-        total.requeued,
-        total.pool_misses,
-        total.timer_ops,
-        total.bytes_received,
-        total.bytes_sent,
-        total.wakeups,
+        " workers={} reactors={} restarts={}",
         settings.plan.procs,
         settings.plan.procs * settings.plan.reactors,
         outcome.restarts,
-        total.shutdown_dropped,
-        total.shutdown_dropped_bytes,
     )?;
     for (index, worker) in outcome.per_worker.iter().enumerate() {
         write!(out, " worker{index}_accepted={}", worker.accepted)?;

@@ -350,10 +350,11 @@ impl Server {
     // ANCHOR_END: event_loop
 
     // ANCHOR: publish_counts
-    /// Copies the counts kept elsewhere (this thread's syscall counters, the
-    /// worker pool's, the buffer pool's, the timing wheel's) into the shared
-    /// slot: a few relaxed stores per loop turn, read by the supervisor
-    /// whenever it likes.
+    /// Copies the counts kept below the reactor, by parts that do not know
+    /// the shared slot (`sys.rs`'s per-thread syscall counters, the buffer
+    /// pool's misses, the timing wheel's operations), into it: a few relaxed
+    /// stores per loop turn, read by the supervisor whenever it likes.
+    /// Everything else the reactor counts straight into the slot (`bump`).
     fn publish_counts(&self) {
         let calls = sys::counts();
         let stats = self.context.stats;
@@ -367,8 +368,6 @@ impl Server {
             (&stats.read_calls, calls.read),
             (&stats.write_calls, calls.write),
             (&stats.accept_calls, calls.accept),
-            (&stats.jobs, self.context.workers.stats().jobs),
-            (&stats.inline, self.context.workers.stats().inline),
             (&stats.pool_misses, self.context.output_pool.stats().misses),
             (&stats.timer_ops, timer_ops),
         ] {
@@ -708,7 +707,7 @@ fn serve_edge_triggered(
             // do not read. The bytes stay in the kernel's socket buffer (and
             // TCP flow control slows the client down); `unread_input` stays
             // set, so the connection waits on the ready list for a place.
-            workers.note_queue_full();
+            bump(&stats.queue_full, 1);
             break;
         }
         reads += 1;
@@ -738,13 +737,14 @@ fn serve_edge_triggered(
                         connection: token,
                         data,
                     });
+                    bump(&stats.jobs, 1);
                     // Ends the loop: `wants_input` is false until the
                     // result is back (see `Connection::wants_input`).
                     connection.job_in_flight = true;
                 } else {
                     // Cheaper than the trip to a worker: chapter 03's path.
                     spend_work(input, config.work_per_newline);
-                    workers.note_inline();
+                    bump(&stats.inline, 1);
                     let sent = connection.echo_from_read_buffer(input, output_pool)?;
                     bump(&stats.bytes_sent, sent as u64);
                 }

@@ -76,16 +76,6 @@ pub struct SyscallCounts {
     pub accept: u64,
 }
 
-impl std::ops::AddAssign for SyscallCounts {
-    fn add_assign(&mut self, other: SyscallCounts) {
-        self.epoll_wait += other.epoll_wait;
-        self.epoll_ctl += other.epoll_ctl;
-        self.read += other.read;
-        self.write += other.write;
-        self.accept += other.accept;
-    }
-}
-
 /// The calling thread's counters.
 pub fn counts() -> SyscallCounts {
     SyscallCounts {
