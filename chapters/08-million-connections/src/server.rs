@@ -352,24 +352,29 @@ impl Server {
     // ANCHOR: publish_counts
     /// Copies the counts kept below the reactor, by parts that do not know
     /// the shared slot (`sys.rs`'s per-thread syscall counters, the buffer
-    /// pool's misses, the timing wheel's operations), into it: a few relaxed
-    /// stores per loop turn, read by the supervisor whenever it likes.
-    /// Everything else the reactor counts straight into the slot (`bump`).
+    /// pool's, the timing wheel's), into it: a few relaxed stores per loop
+    /// turn, read by the supervisor whenever it likes. Everything else the
+    /// reactor counts straight into the slot (`bump`).
     fn publish_counts(&self) {
         let calls = sys::counts();
         let stats = self.context.stats;
-        let timer_ops = self
+        let pool = self.context.output_pool.stats();
+        let timers = self
             .idle
             .as_ref()
-            .map_or(0, |idle| idle.stats().timer_ops());
+            .map(IdleTimeouts::stats)
+            .unwrap_or_default();
         for (counter, value) in [
             (&stats.epoll_wait_calls, calls.epoll_wait),
             (&stats.epoll_ctl_calls, calls.epoll_ctl),
             (&stats.read_calls, calls.read),
             (&stats.write_calls, calls.write),
             (&stats.accept_calls, calls.accept),
-            (&stats.pool_misses, self.context.output_pool.stats().misses),
-            (&stats.timer_ops, timer_ops),
+            (&stats.pool_hits, pool.hits),
+            (&stats.pool_misses, pool.misses),
+            (&stats.pool_dropped, pool.dropped_over_cap),
+            (&stats.timer_ops, timers.timer_ops()),
+            (&stats.timers_moved, timers.moved),
         ] {
             counter.store(value, Ordering::Relaxed);
         }

@@ -165,10 +165,16 @@ counters! {
     queue_full, summary "queue_full";
     /// Turns a connection was put on the ready list for (read budget spent or job queue full).
     requeued, summary "requeued";
+    /// Output chunks the buffer pool lent from its idle ones (no allocation).
+    pool_hits, summary "pool_hits";
     /// Output chunks the buffer pool had to allocate (no idle one to lend).
     pool_misses, summary "pool_misses";
+    /// Output chunks freed on return because the pool already held its cap.
+    pool_dropped, summary "pool_dropped";
     /// Timing-wheel operations: schedule, touch, cancel (--idle-timeout).
     timer_ops, summary "timer_ops";
+    /// Timers relinked because a touch had moved their deadline (the work a lazy touch defers).
+    timers_moved, summary "timers_moved";
     /// Connections still owed echo when the shutdown grace ran out.
     shutdown_dropped, summary "shutdown_dropped";
     /// The queued bytes those connections were owed (not counting jobs still running).
