@@ -304,6 +304,35 @@ mod tests {
     }
 
     #[test]
+    fn each_row_of_the_table_reads_its_own_counter() {
+        let stats = ReactorStats::default();
+        for (n, counter) in stats.counters().take(COUNTERS.len()).enumerate() {
+            bump(counter, n as u64 + 1);
+        }
+        let counters = Counters::of(&stats);
+        for (n, counter) in COUNTERS.iter().enumerate() {
+            assert_eq!((counter.value)(&counters), n as u64 + 1, "{}", counter.help);
+        }
+        let mut twice = counters;
+        twice.add(&counters);
+        assert_eq!((COUNTERS[3].value)(&twice), 8);
+    }
+
+    #[test]
+    fn summary_keys_and_metric_names_are_unique() {
+        let keys: Vec<_> = COUNTERS.iter().filter_map(|c| c.summary).collect();
+        let names: Vec<_> = COUNTERS.iter().filter_map(|c| c.metric).collect();
+        for list in [&keys, &names] {
+            let mut sorted = list.to_vec();
+            sorted.sort_unstable();
+            sorted.dedup();
+            assert_eq!(sorted.len(), list.len(), "{list:?}");
+        }
+        assert!(names.iter().all(|name| name.ends_with("_total")), "{names:?}");
+        assert!(COUNTERS.iter().all(|c| !c.help.starts_with(' ')));
+    }
+
+    #[test]
     fn a_dead_workers_connections_count_as_closed() {
         let counters = Counters {
             accepted: 10,
