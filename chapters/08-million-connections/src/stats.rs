@@ -328,7 +328,10 @@ mod tests {
             sorted.dedup();
             assert_eq!(sorted.len(), list.len(), "{list:?}");
         }
-        assert!(names.iter().all(|name| name.ends_with("_total")), "{names:?}");
+        assert!(
+            names.iter().all(|name| name.ends_with("_total")),
+            "{names:?}"
+        );
         assert!(COUNTERS.iter().all(|c| !c.help.starts_with(' ')));
     }
 
