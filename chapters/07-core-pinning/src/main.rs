@@ -1,4 +1,4 @@
-//! Chapter 07: chapter 06's event loop, once per core. `--threads N`
+//! Chapter 07: chapter 06's event loop, once per core. `--reactors N`
 //! reactors, each with its own epoll instance, `SO_REUSEPORT` listener,
 //! slab, buffer pool, worker pool and timer wheel: shared nothing. `--pin`
 //! sets each reactor's CPU affinity. Main only waits for SIGINT/SIGTERM and
@@ -11,7 +11,9 @@ compile_error!(
 
 mod buffer_pool;
 mod connection;
+mod flags;
 mod idle;
+mod listeners;
 mod reactors;
 mod server;
 mod slab;
@@ -22,16 +24,17 @@ mod workers;
 use std::io::{self, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::str::FromStr;
+use std::time::Instant;
 
 use clap::Parser;
 
+use crate::flags::{ReactorFlags, available_cores, flag_name};
 use crate::idle::IdleTimeouts;
-use crate::reactors::{Balance, ReactorInfo, Reactors};
+use crate::listeners::{bind_listeners, plan_pinning};
+use crate::reactors::{ReactorInfo, Reactors};
 use crate::server::{Config, Totals};
-use crate::sys::{Listener, SignalFd};
-use crate::workers::{Offload, PoolKind};
+use crate::sys::SignalFd;
 
 /// An echo server: one reactor (an event-loop thread for all I/O, with its
 /// own pool of worker threads for the request work) per core.
@@ -42,91 +45,34 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:7878")]
     addr: String,
 
-    /// Microseconds of CPU work (a busy loop) per newline received, done
-    /// before echoing, on a worker thread.
-    #[arg(long, default_value_t = 0)]
-    work_us: u64,
+    /// Reactors (event-loop threads, each with its own listener, epoll,
+    /// slab, pools and timer wheel): a number, or `auto` (one per core).
+    #[arg(long, visible_alias = "threads", default_value = "auto")]
+    reactors: Count,
 
-    /// Reactors: event-loop threads, each with its own listener, epoll,
-    /// slab, pools and timer wheel [default: one per core].
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
-    threads: Option<u16>,
-
-    /// Pin reactor i to the i-th CPU this process may use (round robin if
-    /// there are more reactors than CPUs); its worker threads inherit it.
-    #[arg(long)]
-    pin: bool,
-
-    /// How new connections are spread over the reactors.
-    #[arg(long, value_enum, default_value_t = Balance::Reuseport)]
-    balance: Balance,
-
-    /// Worker threads per reactor that run the --work-us work [default:
-    /// cores / reactors, at least 1].
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
-    workers: Option<u16>,
-
-    /// Which worker pool: threads sharing a channel (written in chapter 04;
-    /// the default: it measured cheaper under load there) or rayon's
-    /// ThreadPool.
-    #[arg(long, value_enum, default_value_t = PoolKind::Hand)]
-    pool: PoolKind,
-
-    /// At most this many jobs handed to the workers and not yet answered;
-    /// when it is full the loop stops reading clients until results come
-    /// back (back-pressure across the hand-off).
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
-    queue_depth: u32,
-
-    /// Which reads' work goes to the worker pool: `auto` only work above
-    /// --offload-above-us (cheaper work runs on the event loop, and with
-    /// --work-us 0 the pool is never used), `always` every read (the price
-    /// of the hand-off on its own), `never` none (chapter 03).
-    #[arg(long, value_enum, default_value_t = Offload::Auto)]
-    offload: Offload,
-
-    /// With --offload auto, a read whose work (newlines × --work-us) costs
-    /// more than this many microseconds goes to the pool. A hand-off costs a
-    /// few microseconds of CPU (see the book), so work under this runs
-    /// cheaper on the loop than the trip would cost.
-    #[arg(long, default_value_t = 10)]
-    offload_above_us: u64,
-
-    /// Stop reading a client while this many bytes of its echo are unsent
-    /// (back-pressure).
-    #[arg(long, default_value_t = 256 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
-    max_pending: u64,
-
-    /// Close a connection that moves no data, in either direction, for this
-    /// many seconds (fractions allowed, e.g. 0.5) [default: never].
-    #[arg(long, value_name = "SECS", value_parser = parse_idle_timeout, allow_negative_numbers = true)]
-    idle_timeout: Option<Duration>,
+    #[command(flatten)]
+    reactor: ReactorFlags,
 }
 
-// ANCHOR: parse_idle_timeout
-/// The longest `--idle-timeout`: a year. Deadlines are `now + timeout`, and
-/// an `Instant` that far out must still be representable.
-const MAX_IDLE_TIMEOUT_SECS: f64 = 365.0 * 24.0 * 3600.0;
+/// A positive number or `auto`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Count(Option<usize>);
 
-/// `--idle-timeout SECS`: a positive, finite number of seconds, at least a
-/// millisecond (the wheel's finest tick). clap turns an `Err` into its usual
-/// message and exit code 2.
-fn parse_idle_timeout(value: &str) -> Result<Duration, String> {
-    let secs: f64 = value
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{value}` is not a number of seconds (e.g. 30 or 0.5)"))?;
-    if !(0.001..=MAX_IDLE_TIMEOUT_SECS).contains(&secs) {
-        return Err(format!(
-            "must be between 0.001 and {MAX_IDLE_TIMEOUT_SECS} seconds; leave the flag out to never close idle connections"
-        ));
+impl FromStr for Count {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Count, String> {
+        if text == "auto" {
+            return Ok(Count(None));
+        }
+        match text.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(Count(Some(n))),
+            _ => Err(format!(
+                "expected a positive number or `auto`, got `{text}`"
+            )),
+        }
     }
-    Ok(Duration::from_secs_f64(secs))
 }
-// ANCHOR_END: parse_idle_timeout
-
-/// Listen queue length; the kernel silently caps it at net.core.somaxconn.
-const LISTEN_BACKLOG: i32 = 4096;
 
 // ANCHOR: main
 fn main() -> ExitCode {
@@ -142,9 +88,8 @@ fn main() -> ExitCode {
         Ok(addr) => addr,
         Err(e) => return fail(2, format_args!("cannot use --addr {}: {e}", args.addr)),
     };
-    let cores = available_cores();
-    let threads = args.threads.map_or(cores, usize::from);
-    let cpus = match plan_pinning(threads, args.pin) {
+    let reactors = args.reactors.0.unwrap_or_else(available_cores);
+    let cpus = match plan_pinning(reactors, args.reactor.pin, 0) {
         Ok(cpus) => cpus,
         Err(e) => {
             return fail(
@@ -153,7 +98,7 @@ fn main() -> ExitCode {
             );
         }
     };
-    let listeners = match bind_listeners(addr, threads, args.balance) {
+    let listeners = match bind_listeners(addr, reactors, args.reactor.balance) {
         Ok(listeners) => listeners,
         Err(e) => {
             return fail(
@@ -168,27 +113,15 @@ fn main() -> ExitCode {
         Ok(local_addr) => local_addr,
         Err(e) => return fail(1, format_args!("getsockname: {e}")),
     };
-    let config = Config {
-        work_per_newline: Duration::from_micros(args.work_us),
-        max_pending: usize::try_from(args.max_pending).unwrap_or(usize::MAX),
-        workers: args
-            .workers
-            .map_or_else(|| (cores / threads).max(1), usize::from),
-        pool: args.pool,
-        queue_depth: usize::try_from(args.queue_depth).unwrap_or(usize::MAX),
-        offload: args.offload,
-        offload_above: Duration::from_micros(args.offload_above_us),
-        idle_timeout: args.idle_timeout,
-        shared_listener: args.balance == Balance::Exclusive,
-    };
-    let reactors = match Reactors::start(listeners, &cpus, config) {
-        Ok(reactors) => reactors,
+    let config = args.reactor.config(reactors);
+    let running = match Reactors::start(listeners, &cpus, config) {
+        Ok(running) => running,
         Err(e) => {
             return fail(
                 2,
                 format_args!(
-                    "cannot start {threads} reactors with {} worker threads each: {e}; \
-                     try fewer --threads or --workers, or raise `ulimit -u`",
+                    "cannot start {reactors} reactors with {} worker threads each: {e}; \
+                     try fewer --reactors or --workers, or raise `ulimit -u`",
                     config.workers
                 ),
             );
@@ -200,18 +133,19 @@ fn main() -> ExitCode {
     // if whoever reads our stdout has gone away, that is no reason to panic.)
     let mut stdout = io::stdout();
     let _ = writeln!(stdout, "listening on {local_addr}").and_then(|()| stdout.flush());
-    let _ = describe(&mut stdout, &args, config, reactors.infos()).and_then(|()| stdout.flush());
+    let _ =
+        describe(&mut stdout, &args.reactor, config, running.infos()).and_then(|()| stdout.flush());
 
     // Main's whole job from here: wait for a signal (or a reactor's death).
-    let reactor_died = match signals.wait_or(reactors.died_fd()) {
+    let reactor_died = match signals.wait_or(running.died_fd()) {
         Ok(signal) => signal.is_none(),
         Err(e) => {
             eprintln!("waiting for signals: {e}; stopping");
             true
         }
     };
-    reactors.stop();
-    let per_reactor = match reactors.join() {
+    running.stop();
+    let per_reactor = match running.join() {
         Ok(per_reactor) => per_reactor,
         Err(e) => return fail(1, format_args!("a reactor failed: {e}")),
     };
@@ -223,71 +157,21 @@ fn main() -> ExitCode {
 }
 // ANCHOR_END: main
 
-// ANCHOR: listeners
-/// The listening sockets, one per reactor. With `SO_REUSEPORT` each reactor
-/// gets its own, all bound to one port: port 0 picks a free port for the
-/// first, and the others must bind *that* port (binding 0 again would give
-/// each a port of its own). With `EPOLLEXCLUSIVE` there is one listener,
-/// and every reactor watches it.
-fn bind_listeners(
-    addr: SocketAddr,
-    reactors: usize,
-    balance: Balance,
-) -> io::Result<Vec<Arc<Listener>>> {
-    match balance {
-        Balance::Reuseport => {
-            let mut listeners = Vec::with_capacity(reactors);
-            let mut addr = addr;
-            for _ in 0..reactors {
-                let listener = Listener::bind(addr, LISTEN_BACKLOG, true)?;
-                addr = listener.local_addr()?;
-                listeners.push(Arc::new(listener));
-            }
-            Ok(listeners)
-        }
-        Balance::Exclusive => {
-            let shared = Arc::new(Listener::bind(addr, LISTEN_BACKLOG, false)?);
-            Ok(vec![shared; reactors])
-        }
-    }
-}
-// ANCHOR_END: listeners
-
-// ANCHOR: plan_pinning
-/// The CPU for each reactor with `--pin` (reactor i gets the i-th CPU we are
-/// allowed to use, round robin), or no pinning.
-fn plan_pinning(reactors: usize, pin: bool) -> io::Result<Vec<Option<usize>>> {
-    if !pin {
-        return Ok(vec![None; reactors]);
-    }
-    let allowed = sys::allowed_cpus()?;
-    if allowed.is_empty() {
-        return Err(io::Error::other("the affinity mask is empty"));
-    }
-    Ok((0..reactors)
-        .map(|i| Some(allowed[i % allowed.len()]))
-        .collect())
-}
-// ANCHOR_END: plan_pinning
-
 /// The start-up lines after `listening on`: the reactors, where they run,
 /// and the idle-timeout wheel.
 fn describe(
     out: &mut impl Write,
-    args: &Args,
+    flags: &ReactorFlags,
     config: Config,
     infos: &[ReactorInfo],
 ) -> io::Result<()> {
-    let balance = match args.balance {
-        Balance::Reuseport => "reuseport",
-        Balance::Exclusive => "exclusive",
-    };
+    let balance = flag_name(&flags.balance);
     let allowed = sys::allowed_cpus().unwrap_or_default();
     writeln!(
         out,
         "reactors={} balance={balance} pinned={} workers_per_reactor={} cpus_allowed={allowed:?}",
         infos.len(),
-        args.pin,
+        flags.pin,
         config.workers,
     )?;
     for info in infos {
@@ -367,11 +251,6 @@ fn print_summary(out: &mut impl Write, config: Config, per_reactor: &[Totals]) -
     writeln!(out)
 }
 // ANCHOR_END: summary
-
-/// The CPUs this process may use: the default number of reactors.
-fn available_cores() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
-}
 
 fn resolve(addr: &str) -> std::io::Result<SocketAddr> {
     addr.to_socket_addrs()?

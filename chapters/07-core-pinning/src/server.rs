@@ -2,9 +2,9 @@
 //! instance, listener, slab, buffer pool, worker pool and timer wheel; it
 //! shares nothing with the other reactors (chapter 07 runs one per core).
 //! Each serves its clients with edge-triggered connections and a ready list
-//! for fairness. It only does
-//! I/O: what each read asks for (`--work-us`) runs on the worker pool, and
-//! the results come back through an eventfd in the same epoll set.
+//! for fairness. It only does I/O: what each read asks for (`--work-us`)
+//! runs on the worker pool, and the results come back through an eventfd in
+//! the same epoll set.
 //! Connections live in a slab and borrow output buffers from a pool only
 //! while they owe bytes, so an idle one costs one 32-byte slab entry. With
 //! `--idle-timeout`, a timing wheel beside the slab closes the ones that

@@ -576,6 +576,10 @@ impl SignalFd {
         Ok(SignalFd { fd: Fd(fd) })
     }
 
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.raw()
+    }
+
     /// Blocks until SIGINT or SIGTERM arrives, or until `also` (another
     /// descriptor) becomes readable. Returns the signal, or `None` for `also`.
     /// For main, which does nothing else while the reactors run.
@@ -583,7 +587,7 @@ impl SignalFd {
         loop {
             let mut fds = [
                 libc::pollfd {
-                    fd: self.fd.raw(),
+                    fd: self.raw_fd(),
                     events: libc::POLLIN,
                     revents: 0,
                 },

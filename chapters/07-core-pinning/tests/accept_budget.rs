@@ -36,7 +36,7 @@ fn a_flood_of_connects_is_accepted_a_budget_per_turn() {
     // One reactor: with several, the last client's echo would prove only
     // its own reactor's queue drained, not the others'.
     let server = ServerProcess::builder(BIN)
-        .args(["--threads", "1"])
+        .args(["--reactors", "1"])
         .spawn()
         .unwrap();
     let pids = server.process_tree();

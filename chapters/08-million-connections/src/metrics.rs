@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
-use crate::stats::{Counters, ITERATION_BUCKET_BOUNDS_NS};
+use crate::stats::{COUNTERS, Counters, ITERATION_BUCKET_BOUNDS_NS};
 use crate::sys::{
     self, EDGE_TRIGGERED, Epoll, Event, Fd, Listener, READ_CLOSED, READABLE, Socket, WRITABLE,
 };
@@ -102,48 +102,11 @@ pub fn render(sample: &Sample) -> String {
         "Connections accepted and not yet closed, over all workers.",
         total.open(),
     );
-    metric(
-        "c1m_connections_accepted_total",
-        "counter",
-        "Connections accepted.",
-        total.accepted,
-    );
-    metric(
-        "c1m_connections_closed_total",
-        "counter",
-        "Connections closed, for any reason (a dead worker's count as closed).",
-        total.closed,
-    );
-    metric(
-        "c1m_connections_reaped_total",
-        "counter",
-        "Connections closed by the idle timer (--idle-timeout).",
-        total.reaped,
-    );
-    metric(
-        "c1m_connections_shed_total",
-        "counter",
-        "Connections closed at once because a worker was out of descriptors.",
-        total.shed,
-    );
-    metric(
-        "c1m_bytes_received_total",
-        "counter",
-        "Bytes read from clients.",
-        total.bytes_received,
-    );
-    metric(
-        "c1m_bytes_sent_total",
-        "counter",
-        "Bytes written to clients.",
-        total.bytes_sent,
-    );
-    metric(
-        "c1m_loop_wakeups_total",
-        "counter",
-        "Returns from epoll_wait, over all reactors.",
-        total.wakeups,
-    );
+    for counter in COUNTERS {
+        if let Some(name) = counter.metric {
+            metric(name, "counter", counter.help, (counter.value)(total));
+        }
+    }
     metric(
         "c1m_resident_memory_bytes",
         "gauge",

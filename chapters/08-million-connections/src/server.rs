@@ -2,14 +2,16 @@
 //! instance, listener, slab, buffer pool, worker pool and timer wheel; it
 //! shares nothing with the other reactors (chapter 07 runs one per core).
 //! Each serves its clients with edge-triggered connections and a ready list
-//! for fairness. It only does
-//! I/O: what each read asks for (`--work-us`) runs on the worker pool, and
-//! the results come back through an eventfd in the same epoll set.
+//! for fairness. It only does I/O: what each read asks for (`--work-us`)
+//! runs on the worker pool, and the results come back through an eventfd in
+//! the same epoll set.
 //! Connections live in a slab and borrow output buffers from a pool only
 //! while they owe bytes, so an idle one costs one 32-byte slab entry. With
 //! `--idle-timeout`, a timing wheel beside the slab closes the ones that
 //! move no data for that long; its next deadline is the `epoll_wait`
-//! timeout. Chapter 08: a reactor counts what it does into its slot of the
+//! timeout.
+//!
+//! Chapter 08: a reactor counts what it does into its slot of the
 //! shared memory the supervisor reads (`ReactorStats`), instead of handing
 //! totals back when it stops, so the counters are live for `/metrics` and
 //! outlive a worker process that crashes.
@@ -348,27 +350,31 @@ impl Server {
     // ANCHOR_END: event_loop
 
     // ANCHOR: publish_counts
-    /// Copies the counts kept elsewhere (this thread's syscall counters, the
-    /// worker pool's, the buffer pool's, the timing wheel's) into the shared
-    /// slot: a few relaxed stores per loop turn, read by the supervisor
-    /// whenever it likes.
+    /// Copies the counts kept below the reactor, by parts that do not know
+    /// the shared slot (`sys.rs`'s per-thread syscall counters, the buffer
+    /// pool's, the timing wheel's), into it: a few relaxed stores per loop
+    /// turn, read by the supervisor whenever it likes. Everything else the
+    /// reactor counts straight into the slot (`bump`).
     fn publish_counts(&self) {
         let calls = sys::counts();
         let stats = self.context.stats;
-        let timer_ops = self
+        let pool = self.context.output_pool.stats();
+        let timers = self
             .idle
             .as_ref()
-            .map_or(0, |idle| idle.stats().timer_ops());
+            .map(IdleTimeouts::stats)
+            .unwrap_or_default();
         for (counter, value) in [
             (&stats.epoll_wait_calls, calls.epoll_wait),
             (&stats.epoll_ctl_calls, calls.epoll_ctl),
             (&stats.read_calls, calls.read),
             (&stats.write_calls, calls.write),
             (&stats.accept_calls, calls.accept),
-            (&stats.jobs, self.context.workers.stats().jobs),
-            (&stats.inline, self.context.workers.stats().inline),
-            (&stats.pool_misses, self.context.output_pool.stats().misses),
-            (&stats.timer_ops, timer_ops),
+            (&stats.pool_hits, pool.hits),
+            (&stats.pool_misses, pool.misses),
+            (&stats.pool_dropped, pool.dropped_over_cap),
+            (&stats.timer_ops, timers.timer_ops()),
+            (&stats.timers_moved, timers.moved),
         ] {
             counter.store(value, Ordering::Relaxed);
         }
@@ -706,7 +712,7 @@ fn serve_edge_triggered(
             // do not read. The bytes stay in the kernel's socket buffer (and
             // TCP flow control slows the client down); `unread_input` stays
             // set, so the connection waits on the ready list for a place.
-            workers.note_queue_full();
+            bump(&stats.queue_full, 1);
             break;
         }
         reads += 1;
@@ -736,13 +742,14 @@ fn serve_edge_triggered(
                         connection: token,
                         data,
                     });
+                    bump(&stats.jobs, 1);
                     // Ends the loop: `wants_input` is false until the
                     // result is back (see `Connection::wants_input`).
                     connection.job_in_flight = true;
                 } else {
                     // Cheaper than the trip to a worker: chapter 03's path.
                     spend_work(input, config.work_per_newline);
-                    workers.note_inline();
+                    bump(&stats.inline, 1);
                     let sent = connection.echo_from_read_buffer(input, output_pool)?;
                     bump(&stats.bytes_sent, sent as u64);
                 }

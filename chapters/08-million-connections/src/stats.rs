@@ -36,45 +36,149 @@ pub const ITERATION_BUCKETS: usize = ITERATION_BUCKET_BOUNDS_NS.len() + 1;
 // ANCHOR_END: buckets
 
 // ANCHOR: reactor_stats
-/// One reactor's counters, as they lie in shared memory. Aligned to a cache
-/// line so two reactors never write the same line.
-#[repr(C, align(64))]
-#[derive(Debug, Default)]
-pub struct ReactorStats {
-    pub accepted: AtomicU64,
-    pub closed: AtomicU64,
-    /// Closed by the idle timer (`--idle-timeout`).
-    pub reaped: AtomicU64,
-    /// Accepted and closed at once because the worker was out of descriptors.
-    pub shed: AtomicU64,
-    pub bytes_received: AtomicU64,
-    pub bytes_sent: AtomicU64,
-    /// Returns from `epoll_wait`: how often the loop woke up.
-    pub wakeups: AtomicU64,
-    pub epoll_wait_calls: AtomicU64,
-    pub epoll_ctl_calls: AtomicU64,
-    pub read_calls: AtomicU64,
-    pub write_calls: AtomicU64,
-    pub accept_calls: AtomicU64,
-    /// Reads handed to the worker threads as jobs (`--work-us`).
-    pub jobs: AtomicU64,
-    /// Reads whose work ran on the reactor itself (`--offload`).
-    pub inline: AtomicU64,
-    /// Turns a connection was put on the ready list for (read budget spent
-    /// or job queue full).
-    pub requeued: AtomicU64,
+/// Declares every counter a reactor keeps, once, and generates from that
+/// list: the shared-memory slot ([`ReactorStats`]), its plain copy
+/// ([`Counters`]: read, add up, zero), and [`COUNTERS`], which the summary
+/// line and the Prometheus page walk. A counter with `summary "key"` is
+/// printed as `key=N` on the summary line; one with `metric "name"` is
+/// served on `/metrics` as a Prometheus counter with its doc as the help.
+macro_rules! counters {
+    ($(
+        #[doc = $help:literal]
+        $name:ident $(, summary $key:literal)? $(, metric $metric:literal)?;
+    )*) => {
+        /// One reactor's counters, as they lie in shared memory. Aligned to
+        /// a cache line so two reactors never write the same line.
+        #[repr(C, align(64))]
+        #[derive(Debug, Default)]
+        pub struct ReactorStats {
+            $(#[doc = $help] pub $name: AtomicU64,)*
+            /// Time from `epoll_wait` returning to the loop calling it
+            /// again, summed and bucketed: how long each wake-up kept the
+            /// loop busy.
+            pub iteration_ns_sum: AtomicU64,
+            pub iteration_buckets: [AtomicU64; ITERATION_BUCKETS],
+        }
+
+        /// A plain copy of the counters, to add up and print.
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct Counters {
+            $(pub $name: u64,)*
+            pub iteration_ns_sum: u64,
+            pub iteration_buckets: [u64; ITERATION_BUCKETS],
+        }
+
+        impl Counters {
+            pub fn of(stats: &ReactorStats) -> Counters {
+                let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+                Counters {
+                    $($name: load(&stats.$name),)*
+                    iteration_ns_sum: load(&stats.iteration_ns_sum),
+                    iteration_buckets: stats.iteration_buckets.each_ref().map(load),
+                }
+            }
+
+            pub fn add(&mut self, other: &Counters) {
+                $(self.$name += other.$name;)*
+                self.iteration_ns_sum += other.iteration_ns_sum;
+                for (sum, count) in self
+                    .iteration_buckets
+                    .iter_mut()
+                    .zip(other.iteration_buckets)
+                {
+                    *sum += count;
+                }
+            }
+        }
+
+        impl ReactorStats {
+            /// Every counter in the slot, for `reset`.
+            fn counters(&self) -> impl Iterator<Item = &AtomicU64> {
+                [$(&self.$name,)* &self.iteration_ns_sum]
+                    .into_iter()
+                    .chain(self.iteration_buckets.iter())
+            }
+        }
+
+        /// Every counter, in declaration order, for the summary line and
+        /// the Prometheus page.
+        pub const COUNTERS: &[Counter] = &[$(Counter {
+            summary: optional!($($key)?),
+            metric: optional!($($metric)?),
+            help: $help.trim_ascii_start(),
+            value: |counters| counters.$name,
+        },)*];
+    };
+}
+
+/// `Some(x)` for a given `x`, `None` for nothing (for the table's optional
+/// columns).
+macro_rules! optional {
+    () => {
+        None
+    };
+    ($value:expr) => {
+        Some($value)
+    };
+}
+
+/// One counter, as the summary line and the Prometheus page see it.
+pub struct Counter {
+    /// Its key on the summary line, if it is printed there.
+    pub summary: Option<&'static str>,
+    /// Its Prometheus name, if it is served on `/metrics`.
+    pub metric: Option<&'static str>,
+    pub help: &'static str,
+    pub value: fn(&Counters) -> u64,
+}
+
+counters! {
+    /// Connections accepted.
+    accepted, summary "connections_served", metric "c1m_connections_accepted_total";
+    /// Connections closed, for any reason (a dead worker's count as closed).
+    closed, metric "c1m_connections_closed_total";
+    /// Connections closed by the idle timer (--idle-timeout).
+    reaped, summary "reaped", metric "c1m_connections_reaped_total";
+    /// Connections closed at once because a worker was out of descriptors.
+    shed, summary "shed", metric "c1m_connections_shed_total";
+    /// Bytes read from clients.
+    bytes_received, summary "bytes_received", metric "c1m_bytes_received_total";
+    /// Bytes written to clients.
+    bytes_sent, summary "bytes_sent", metric "c1m_bytes_sent_total";
+    /// Returns from epoll_wait, over all reactors.
+    wakeups, summary "loop_wakeups", metric "c1m_loop_wakeups_total";
+    /// epoll_wait calls.
+    epoll_wait_calls, summary "epoll_wait";
+    /// epoll_ctl calls.
+    epoll_ctl_calls, summary "epoll_ctl";
+    /// read calls on client sockets.
+    read_calls, summary "read";
+    /// write and writev calls on client sockets.
+    write_calls, summary "write";
+    /// accept4 calls.
+    accept_calls, summary "accept";
+    /// Reads handed to the worker threads as jobs (--work-us).
+    jobs, summary "jobs";
+    /// Reads whose work ran on the reactor itself (--offload).
+    inline, summary "inline";
+    /// Times a connection had input to read but the job queue was full, so its bytes stayed in the kernel.
+    queue_full, summary "queue_full";
+    /// Turns a connection was put on the ready list for (read budget spent or job queue full).
+    requeued, summary "requeued";
+    /// Output chunks the buffer pool lent from its idle ones (no allocation).
+    pool_hits, summary "pool_hits";
     /// Output chunks the buffer pool had to allocate (no idle one to lend).
-    pub pool_misses: AtomicU64,
-    /// Timing-wheel operations: schedule, touch, cancel (`--idle-timeout`).
-    pub timer_ops: AtomicU64,
-    /// Connections still owed echo when the shutdown grace ran out, and the
-    /// queued bytes they were owed (not counting jobs still running).
-    pub shutdown_dropped: AtomicU64,
-    pub shutdown_dropped_bytes: AtomicU64,
-    /// Time from `epoll_wait` returning to the loop calling it again, summed
-    /// and bucketed: how long each wake-up kept the loop busy.
-    pub iteration_ns_sum: AtomicU64,
-    pub iteration_buckets: [AtomicU64; ITERATION_BUCKETS],
+    pool_misses, summary "pool_misses";
+    /// Output chunks freed on return because the pool already held its cap.
+    pool_dropped, summary "pool_dropped";
+    /// Timing-wheel operations: schedule, touch, cancel (--idle-timeout).
+    timer_ops, summary "timer_ops";
+    /// Timers relinked because a touch had moved their deadline (the work a lazy touch defers).
+    timers_moved, summary "timers_moved";
+    /// Connections still owed echo when the shutdown grace ran out.
+    shutdown_dropped, summary "shutdown_dropped";
+    /// The queued bytes those connections were owed (not counting jobs still running).
+    shutdown_dropped_bytes, summary "shutdown_dropped_bytes";
 }
 
 /// Adds `n` to a counter that only the calling thread writes: a plain load
@@ -163,93 +267,10 @@ impl WorkerStats {
 // ANCHOR_END: worker_stats
 
 // ANCHOR: counters
-/// A plain copy of the counters, to add up and print.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub accepted: u64,
-    pub closed: u64,
-    pub reaped: u64,
-    pub shed: u64,
-    pub bytes_received: u64,
-    pub bytes_sent: u64,
-    pub wakeups: u64,
-    pub epoll_wait_calls: u64,
-    pub epoll_ctl_calls: u64,
-    pub read_calls: u64,
-    pub write_calls: u64,
-    pub accept_calls: u64,
-    pub jobs: u64,
-    pub inline: u64,
-    pub requeued: u64,
-    pub pool_misses: u64,
-    pub timer_ops: u64,
-    pub shutdown_dropped: u64,
-    pub shutdown_dropped_bytes: u64,
-    pub iteration_ns_sum: u64,
-    pub iteration_buckets: [u64; ITERATION_BUCKETS],
-}
-
 impl Counters {
-    pub fn of(stats: &ReactorStats) -> Counters {
-        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        Counters {
-            accepted: load(&stats.accepted),
-            closed: load(&stats.closed),
-            reaped: load(&stats.reaped),
-            shed: load(&stats.shed),
-            bytes_received: load(&stats.bytes_received),
-            bytes_sent: load(&stats.bytes_sent),
-            wakeups: load(&stats.wakeups),
-            epoll_wait_calls: load(&stats.epoll_wait_calls),
-            epoll_ctl_calls: load(&stats.epoll_ctl_calls),
-            read_calls: load(&stats.read_calls),
-            write_calls: load(&stats.write_calls),
-            accept_calls: load(&stats.accept_calls),
-            jobs: load(&stats.jobs),
-            inline: load(&stats.inline),
-            requeued: load(&stats.requeued),
-            pool_misses: load(&stats.pool_misses),
-            timer_ops: load(&stats.timer_ops),
-            shutdown_dropped: load(&stats.shutdown_dropped),
-            shutdown_dropped_bytes: load(&stats.shutdown_dropped_bytes),
-            iteration_ns_sum: load(&stats.iteration_ns_sum),
-            iteration_buckets: stats.iteration_buckets.each_ref().map(load),
-        }
-    }
-
     /// Connections accepted and not yet closed.
     pub fn open(&self) -> u64 {
         self.accepted.saturating_sub(self.closed)
-    }
-
-    pub fn add(&mut self, other: &Counters) {
-        self.accepted += other.accepted;
-        self.closed += other.closed;
-        self.reaped += other.reaped;
-        self.shed += other.shed;
-        self.bytes_received += other.bytes_received;
-        self.bytes_sent += other.bytes_sent;
-        self.wakeups += other.wakeups;
-        self.epoll_wait_calls += other.epoll_wait_calls;
-        self.epoll_ctl_calls += other.epoll_ctl_calls;
-        self.read_calls += other.read_calls;
-        self.write_calls += other.write_calls;
-        self.accept_calls += other.accept_calls;
-        self.jobs += other.jobs;
-        self.inline += other.inline;
-        self.requeued += other.requeued;
-        self.pool_misses += other.pool_misses;
-        self.timer_ops += other.timer_ops;
-        self.shutdown_dropped += other.shutdown_dropped;
-        self.shutdown_dropped_bytes += other.shutdown_dropped_bytes;
-        self.iteration_ns_sum += other.iteration_ns_sum;
-        for (sum, count) in self
-            .iteration_buckets
-            .iter_mut()
-            .zip(other.iteration_buckets)
-        {
-            *sum += count;
-        }
     }
 
     /// The counters of a worker that died: its open connections died with
@@ -260,35 +281,6 @@ impl Counters {
     }
 }
 // ANCHOR_END: counters
-
-impl ReactorStats {
-    fn counters(&self) -> impl Iterator<Item = &AtomicU64> {
-        [
-            &self.accepted,
-            &self.closed,
-            &self.reaped,
-            &self.shed,
-            &self.bytes_received,
-            &self.bytes_sent,
-            &self.wakeups,
-            &self.epoll_wait_calls,
-            &self.epoll_ctl_calls,
-            &self.read_calls,
-            &self.write_calls,
-            &self.accept_calls,
-            &self.jobs,
-            &self.inline,
-            &self.requeued,
-            &self.pool_misses,
-            &self.timer_ops,
-            &self.shutdown_dropped,
-            &self.shutdown_dropped_bytes,
-            &self.iteration_ns_sum,
-        ]
-        .into_iter()
-        .chain(self.iteration_buckets.iter())
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -309,6 +301,38 @@ mod tests {
             counters.iteration_ns_sum,
             500 + 1_000 + 5_000 + 3_000_000_000
         );
+    }
+
+    #[test]
+    fn each_row_of_the_table_reads_its_own_counter() {
+        let stats = ReactorStats::default();
+        for (n, counter) in stats.counters().take(COUNTERS.len()).enumerate() {
+            bump(counter, n as u64 + 1);
+        }
+        let counters = Counters::of(&stats);
+        for (n, counter) in COUNTERS.iter().enumerate() {
+            assert_eq!((counter.value)(&counters), n as u64 + 1, "{}", counter.help);
+        }
+        let mut twice = counters;
+        twice.add(&counters);
+        assert_eq!((COUNTERS[3].value)(&twice), 8);
+    }
+
+    #[test]
+    fn summary_keys_and_metric_names_are_unique() {
+        let keys: Vec<_> = COUNTERS.iter().filter_map(|c| c.summary).collect();
+        let names: Vec<_> = COUNTERS.iter().filter_map(|c| c.metric).collect();
+        for list in [&keys, &names] {
+            let mut sorted = list.to_vec();
+            sorted.sort_unstable();
+            sorted.dedup();
+            assert_eq!(sorted.len(), list.len(), "{list:?}");
+        }
+        assert!(
+            names.iter().all(|name| name.ends_with("_total")),
+            "{names:?}"
+        );
+        assert!(COUNTERS.iter().all(|c| !c.help.starts_with(' ')));
     }
 
     #[test]

@@ -19,11 +19,13 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::flags::ReactorFlags;
 use crate::metrics::{self, MetricsServer, Sample, WorkerSample};
 use crate::stats::{self, Counters, MAX_REACTORS, READY};
 use crate::sys::{
     self, DescriptorLimit, Epoll, Events, ExitKind, Fd, Listener, READABLE, SharedPage, SignalFd,
 };
+use crate::worker_process::WorkerCommand;
 
 // ANCHOR: plan
 /// Descriptors a worker keeps for itself: stdio, epoll, listeners,
@@ -135,7 +137,8 @@ pub struct Settings {
     pub plan: Plan,
     /// The flags every worker gets besides its own (`--work-us`,
     /// `--idle-timeout`, ...): chapter 07's flags, passed through.
-    pub worker_args: Vec<String>,
+    /// Chapter 07's flags, for every worker (`--workers` decided).
+    pub flags: ReactorFlags,
     pub metrics: Option<SocketAddr>,
     pub status_every: Option<Duration>,
 }
@@ -267,16 +270,15 @@ impl Supervisor {
         stats
             .supervisor_pid
             .store(u64::from(std::process::id()), Ordering::Relaxed);
+        let command = WorkerCommand {
+            index,
+            stats_fd: self.stats_fd.raw(),
+            addr: self.addr,
+            reactors: self.settings.plan.reactors,
+            flags: &self.settings.flags,
+        };
         let child = Command::new(&self.program)
-            .arg("--worker")
-            .arg(index.to_string())
-            .arg("--stats-fd")
-            .arg(self.stats_fd.raw().to_string())
-            .arg("--addr")
-            .arg(self.addr.to_string())
-            .arg("--reactors")
-            .arg(self.settings.plan.reactors.to_string())
-            .args(&self.settings.worker_args)
+            .args(command.argv())
             // stdout belongs to the supervisor (`listening on`, `summary:`);
             // workers report through shared memory, and errors on stderr.
             .stdin(Stdio::null())

@@ -1,0 +1,62 @@
+//! Where the reactors listen and where they run: their listening sockets
+//! (`--balance`) and their CPUs (`--pin`).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::reactors::Balance;
+use crate::sys::{self, Listener};
+
+/// Listen queue length per listener; the kernel silently caps it at
+/// net.core.somaxconn. A million clients connecting at once need it long.
+const LISTEN_BACKLOG: i32 = 65535;
+
+// ANCHOR: listeners
+/// The listening sockets, one per reactor. With `SO_REUSEPORT` each reactor
+/// gets its own, all bound to one port: port 0 picks a free port for the
+/// first, and the others must bind *that* port (binding 0 again would give
+/// each a port of its own). With `EPOLLEXCLUSIVE` there is one listener,
+/// and every reactor watches it. In a worker process either kind sets
+/// `SO_REUSEPORT`: the supervisor holds the port with it, and every member
+/// of the port's group must have it.
+pub fn bind_listeners(
+    addr: SocketAddr,
+    reactors: usize,
+    balance: Balance,
+) -> io::Result<Vec<Arc<Listener>>> {
+    match balance {
+        Balance::Reuseport => {
+            let mut listeners = Vec::with_capacity(reactors);
+            let mut addr = addr;
+            for _ in 0..reactors {
+                let listener = Listener::bind(addr, LISTEN_BACKLOG, true)?;
+                addr = listener.local_addr()?;
+                listeners.push(Arc::new(listener));
+            }
+            Ok(listeners)
+        }
+        Balance::Exclusive => {
+            let shared = Arc::new(Listener::bind(addr, LISTEN_BACKLOG, true)?);
+            Ok(vec![shared; reactors])
+        }
+    }
+}
+// ANCHOR_END: listeners
+
+// ANCHOR: plan_pinning
+/// The CPU for each reactor with `--pin` (reactor i, counted from `first`
+/// over all workers, gets the i-th CPU we are allowed to use, round robin), or no pinning.
+pub fn plan_pinning(reactors: usize, pin: bool, first: usize) -> io::Result<Vec<Option<usize>>> {
+    if !pin {
+        return Ok(vec![None; reactors]);
+    }
+    let allowed = sys::allowed_cpus()?;
+    if allowed.is_empty() {
+        return Err(io::Error::other("the affinity mask is empty"));
+    }
+    Ok((first..first + reactors)
+        .map(|i| Some(allowed[i % allowed.len()]))
+        .collect())
+}
+// ANCHOR_END: plan_pinning
