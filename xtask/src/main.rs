@@ -12,6 +12,7 @@
 //! - `profile`   perf profiles of servers at several connection counts, for the book
 
 mod book;
+mod book_check;
 mod clock;
 mod demo;
 mod doctor;
