@@ -381,6 +381,9 @@ fn worker_args(args: &Args, plan: &supervisor::Plan) -> Vec<String> {
 }
 
 // ANCHOR: listeners
+// ANCHOR: listeners_1
+// ANCHOR_END: listeners_1
+// ANCHOR: bind_listeners_signature
 /// A worker's listening sockets, one per reactor. With `SO_REUSEPORT` each
 /// reactor gets its own, all bound to the supervisor's port. With
 /// `EPOLLEXCLUSIVE` there is one per worker, and every reactor of that
@@ -392,6 +395,7 @@ fn bind_listeners(
     reactors: usize,
     balance: Balance,
 ) -> io::Result<Vec<Arc<Listener>>> {
+    // ANCHOR_END: bind_listeners_signature
     match balance {
         Balance::Reuseport => (0..reactors)
             .map(|_| Listener::bind(addr, LISTEN_BACKLOG, true).map(Arc::new))
@@ -402,13 +406,19 @@ fn bind_listeners(
         }
     }
 }
+// ANCHOR: listeners_2
+// ANCHOR_END: listeners_2
 // ANCHOR_END: listeners
 
 // ANCHOR: plan_pinning
+// ANCHOR: plan_pinning_1
+// ANCHOR_END: plan_pinning_1
+// ANCHOR: plan_pinning_signature
 /// The CPU for each reactor with `--pin` (reactor i, counted from `first`
 /// over all workers, gets the i-th CPU we are allowed to use, round
 /// robin), or no pinning.
 fn plan_pinning(reactors: usize, pin: bool, first: usize) -> io::Result<Vec<Option<usize>>> {
+    // ANCHOR_END: plan_pinning_signature
     if !pin {
         return Ok(vec![None; reactors]);
     }
@@ -420,6 +430,8 @@ fn plan_pinning(reactors: usize, pin: bool, first: usize) -> io::Result<Vec<Opti
         .map(|i| Some(allowed[i % allowed.len()]))
         .collect())
 }
+// ANCHOR: plan_pinning_2
+// ANCHOR_END: plan_pinning_2
 // ANCHOR_END: plan_pinning
 
 /// The start-up lines after `listening on`: the processes and reactors,

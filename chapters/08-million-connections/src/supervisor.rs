@@ -26,6 +26,7 @@ use crate::sys::{
 };
 
 // ANCHOR: plan
+// ANCHOR: plan_1
 /// Descriptors a worker keeps for itself: stdio, epoll, listeners,
 /// eventfds, signalfd, the spare. Generous: there are fewer than 16 per
 /// reactor.
@@ -49,11 +50,17 @@ pub struct Plan {
     pub reason: String,
 }
 
+// ANCHOR_END: plan_1
+// ANCHOR: connections_per_worker_signature
 /// Connections one worker can hold under a hard `RLIMIT_NOFILE` of `hard`.
 pub fn connections_per_worker(hard: u64) -> u64 {
+    // ANCHOR_END: connections_per_worker_signature
     hard.saturating_sub(RESERVED_DESCRIPTORS) * FILL_PERCENT / 100
 }
+// ANCHOR: plan_2
 
+// ANCHOR_END: plan_2
+// ANCHOR: choose_plan_signature
 /// `--procs auto`: the fewest processes whose descriptor limits together
 /// hold `target_conns`. `--reactors auto`: the cores shared out among them.
 pub fn choose_plan(
@@ -63,6 +70,7 @@ pub fn choose_plan(
     limit: DescriptorLimit,
     cores: usize,
 ) -> Plan {
+    // ANCHOR_END: choose_plan_signature
     let per_worker = connections_per_worker(limit.hard).max(1);
     let (procs, reason) = match procs {
         Some(procs) => (
@@ -114,6 +122,8 @@ pub fn choose_plan(
         reason,
     }
 }
+// ANCHOR: plan_3
+// ANCHOR_END: plan_3
 // ANCHOR_END: plan
 
 /// Restart delays: the first restart is quick; a worker that keeps dying
