@@ -502,6 +502,7 @@ impl Supervisor {
     }
 
     // ANCHOR: reap
+    // ANCHOR: reap_1
     /// Collects every worker that exited. Outside shutdown each one is a
     /// crash: keep its counters, and schedule a restart after a delay that
     /// doubles while it keeps dying young.
@@ -518,12 +519,16 @@ impl Supervisor {
             self.retired.add(&stats.snapshot().retired());
             stats.reset();
             let slot = &mut self.slots[index];
+            // The back-off (exercise 08c): after a healthy run start again
+            // from the first delay; wait the delay, double it up to the cap.
+            // ANCHOR_END: reap_1
             if slot.started_at.elapsed() >= HEALTHY_UPTIME {
                 slot.restart_delay = FIRST_RESTART_DELAY;
             }
             let delay = slot.restart_delay;
             slot.restart_at = Some(Instant::now() + delay);
             slot.restart_delay = (delay * 2).min(MAX_RESTART_DELAY);
+            // ANCHOR: reap_2
             eprintln!("worker {index} (pid {pid}) died ({how}); restarting it in {delay:?}");
         }
     }
@@ -534,16 +539,20 @@ impl Supervisor {
                 match self.spawn(index) {
                     Ok(()) => self.restarts += 1,
                     Err(e) => {
+                        // The same back-off for a spawn that failed (exercise 08c).
+                        // ANCHOR_END: reap_2
                         let slot = &mut self.slots[index];
                         let delay = slot.restart_delay;
                         slot.restart_at = Some(now + delay);
                         slot.restart_delay = (delay * 2).min(MAX_RESTART_DELAY);
+                        // ANCHOR: reap_3
                         eprintln!("cannot restart worker {index}: {e}; trying again in {delay:?}");
                     }
                 }
             }
         }
     }
+    // ANCHOR_END: reap_3
     // ANCHOR_END: reap
 
     // ANCHOR: sample
