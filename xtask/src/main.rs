@@ -21,6 +21,7 @@ mod million;
 mod neighbours;
 mod procfs;
 mod profile;
+mod reading_time;
 mod results;
 mod run;
 mod test;
