@@ -89,6 +89,11 @@ pub fn check_links(build: &Path) -> std::io::Result<Vec<String>> {
             .unwrap_or(page)
             .display()
             .to_string();
+        for n in empty_listings(&html) {
+            problems.push(format!(
+                "{from}: code listing {n} is empty (an {{{{#include}}}} whose anchor matches nothing?)"
+            ));
+        }
         for (attribute, url) in attributes(&html, &["href", "src", "data"]) {
             let url = decode_entities(&url);
             if is_external(&url) {
@@ -154,6 +159,44 @@ pub fn check_links(build: &Path) -> std::io::Result<Vec<String>> {
         }
     }
     Ok(problems)
+}
+
+/// The 1-based numbers of the code blocks (`<pre>`) with nothing in them but
+/// what mdbook wraps around Rust listings (`#![allow(unused)] fn main() {}`).
+fn empty_listings(html: &str) -> Vec<usize> {
+    let mut empty = Vec::new();
+    let mut rest = html;
+    let mut n = 0;
+    // `<pre><code …>` or, for Rust, `<pre class="playground"><code …>`.
+    while let Some(at) = rest.find("<pre") {
+        n += 1;
+        rest = &rest[at..];
+        let end = rest.find("</code></pre>").unwrap_or(rest.len());
+        let block = &rest[..end];
+        let body = block
+            .find("<code")
+            .and_then(|code| block[code..].split_once('>'))
+            .map_or("", |(_, b)| b);
+        let mut text = String::new();
+        let mut in_tag = false;
+        for c in body.chars() {
+            match c {
+                '<' => in_tag = true,
+                '>' => in_tag = false,
+                c if !in_tag => text.push(c),
+                _ => {}
+            }
+        }
+        let text = text
+            .replace("#![allow(unused)]", "")
+            .replace("fn main() {", "")
+            .replace('}', "");
+        if text.trim().is_empty() {
+            empty.push(n);
+        }
+        rest = &rest[end..];
+    }
+    empty
 }
 
 fn collect_files(dir: &Path, extension: &str, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
@@ -892,7 +935,7 @@ mod tests {
         let dir = scratch_book(&[
             (
                 "index.html",
-                "<a href=\"ch01.html#the-idea\">x</a> <img src=\"img/a.svg\"> <a href=\"https://example.org/#x\">y</a>",
+                "<pre><code class=\"language-rust\">fn main() {}\nlet x = 1;</code></pre><a href=\"ch01.html#the-idea\">x</a> <img src=\"img/a.svg\"> <a href=\"https://example.org/#x\">y</a>",
             ),
             (
                 "ch01.html",
@@ -913,7 +956,10 @@ mod tests {
                 "index.html",
                 "<a href=\"ch01.html#no-such-heading\">a</a>\n<a href=\"ch02.html\">b</a>\n<img src=\"img/missing.svg\">\n<img src=\"img/cut.svg\">\n<a href=\"../../chapters/01/src/main.rs\">c</a><script>var s = '<a href=\"nowhere.html\">';</script>",
             ),
-            ("ch01.html", "<h2 id=\"the-idea\">x</h2>"),
+            (
+                "ch01.html",
+                "<h2 id=\"the-idea\">x</h2><pre class=\"playground\"><code class=\"language-rust\"><span class=\"boring\">#![allow(unused)]\nfn main() {\n</span>\n<span class=\"boring\">}</span></code></pre>",
+            ),
             (
                 "img/cut.svg",
                 "<svg xmlns=\"http://www.w3.org/2000/svg\"><rect",
@@ -921,12 +967,14 @@ mod tests {
         ]);
         let found = check_links(&dir).unwrap();
         let _ = fs::remove_dir_all(&dir);
-        assert_eq!(found.len(), 5, "{found:#?}");
-        assert!(found[0].contains("no id \"no-such-heading\" in ch01.html"));
-        assert!(found[1].contains("ch02.html\": no such file"));
-        assert!(found[2].contains("img/missing.svg\": no such file"));
-        assert!(found[3].contains("img/cut.svg is not a whole SVG"));
-        assert!(found[4].contains("points outside the built book"));
+        assert_eq!(found.len(), 6, "{found:#?}");
+        // Pages in path order: ch01.html, then index.html.
+        assert!(found[0].contains("ch01.html: code listing 1 is empty"));
+        assert!(found[1].contains("no id \"no-such-heading\" in ch01.html"));
+        assert!(found[2].contains("ch02.html\": no such file"));
+        assert!(found[3].contains("img/missing.svg\": no such file"));
+        assert!(found[4].contains("img/cut.svg is not a whole SVG"));
+        assert!(found[5].contains("points outside the built book"));
     }
 
     #[test]
