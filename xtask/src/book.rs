@@ -15,6 +15,10 @@ pub struct BookArgs {
     /// Serve the book on http://127.0.0.1:3000 and rebuild on change.
     #[arg(long)]
     serve: bool,
+    /// After building, check the book like a web page: links, anchors,
+    /// images, and every command shown against its binary's --help.
+    #[arg(long, conflicts_with = "serve")]
+    check: bool,
 }
 
 pub fn run(args: &BookArgs) -> TaskResult {
@@ -27,7 +31,11 @@ pub fn run(args: &BookArgs) -> TaskResult {
                 .current_dir(workspace_root().join("book")),
         );
     }
-    build()
+    build()?;
+    if args.check {
+        crate::book_check::check()?;
+    }
+    Ok(())
 }
 
 /// Build the book and fail on any broken include or link mdbook reports.

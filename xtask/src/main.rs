@@ -8,10 +8,11 @@
 //! - `results`   measure every server and write the book's results page
 //! - `doctor`    check (and with --apply raise) the host limits for a million connections
 //! - `million`   hold a million connections with chapter 08's server, measure, report
-//! - `neighbours` the table of diff sizes between neighbouring chapters
+//! - `neighbours` the table of diff sizes between neighbouring chapters, and the reading-time estimate
 //! - `profile`   perf profiles of servers at several connection counts, for the book
 
 mod book;
+mod book_check;
 mod clock;
 mod demo;
 mod doctor;
@@ -20,6 +21,7 @@ mod million;
 mod neighbours;
 mod procfs;
 mod profile;
+mod reading_time;
 mod results;
 mod run;
 mod test;
@@ -52,7 +54,7 @@ enum Command {
     Doctor(doctor::DoctorArgs),
     /// Hold a million connections with chapter 08's server: doctor, ramp, measure, tear down, report.
     Million(million::MillionArgs),
-    /// Write (or --check) the table of diff sizes between neighbouring chapters.
+    /// Write (or --check) the neighbouring chapters' diff sizes and the chapters' reading-time estimate.
     Neighbours(neighbours::NeighboursArgs),
     /// Profile servers with perf at several connection counts; writes book/src/generated/profile.md.
     Profile(profile::ProfileArgs),

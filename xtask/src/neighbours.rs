@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use similar::{ChangeTag, TextDiff};
 
+use crate::reading_time;
 use crate::run::{TaskError, TaskResult, workspace_root};
 
 #[derive(Args)]
@@ -39,18 +40,37 @@ pub fn run(args: &NeighboursArgs) -> TaskResult {
     let table = render(&chapters()?);
     let path = table_path();
     if args.check {
-        return check_with(&table);
+        check_with(&table)?;
+        return check_reading_time();
     }
     fs::write(&path, table)
         .map_err(|e| TaskError::Failed(format!("writing {}: {e}", path.display())))?;
     eprintln!("wrote {}", path.display());
+    // The chapters' reading-time estimate follows the pages the same way.
+    let reading = reading_time::path();
+    fs::write(&reading, reading_time::render()?)
+        .map_err(|e| TaskError::Failed(format!("writing {}: {e}", reading.display())))?;
+    eprintln!("wrote {}", reading.display());
     Ok(())
+}
+
+fn check_reading_time() -> TaskResult {
+    let committed = fs::read_to_string(reading_time::path()).unwrap_or_default();
+    if committed == reading_time::render()? {
+        Ok(())
+    } else {
+        Err(TaskError::Failed(
+            "book/src/generated/reading-time.md is out of date: run `cargo xtask neighbours`"
+                .to_string(),
+        ))
+    }
 }
 
 /// For `cargo xtask test`: the committed table is what the tree gives.
 pub fn check() -> TaskResult {
     eprintln!("\n==> the table of neighbour diffs matches the chapters");
-    check_with(&render(&chapters()?))
+    check_with(&render(&chapters()?))?;
+    check_reading_time()
 }
 
 fn check_with(table: &str) -> TaskResult {

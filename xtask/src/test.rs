@@ -6,7 +6,7 @@ use std::time::Instant;
 use clap::Args;
 
 use crate::run::{TaskError, TaskResult, cargo, run_step};
-use crate::{book, exercise, million, neighbours, results, typed_numbers};
+use crate::{book, book_check, exercise, million, neighbours, results, typed_numbers};
 
 #[derive(Args)]
 pub struct TestArgs {
@@ -47,6 +47,7 @@ pub fn run(args: &TestArgs) -> TaskResult {
     }
     if !args.skip_book {
         book::build()?;
+        book_check::check()?;
     }
     // The results page and chapter tables come from the committed data only.
     results::check()?;

@@ -57,6 +57,7 @@ impl PendingOutput {
 // ANCHOR_END: pending_output
 
 // ANCHOR: connection
+// ANCHOR: connection_1
 #[derive(Debug)]
 pub struct Connection {
     pub socket: Socket,
@@ -108,9 +109,12 @@ impl Connection {
         Ok(())
     }
 
+    // ANCHOR_END: connection_1
+    // ANCHOR: wanted_interest_signature
     /// What epoll should watch this socket for now, or `None` when the
     /// connection is finished (the client sent EOF and has all its echo).
     pub fn wanted_interest(&self, max_pending: usize) -> Option<Interest> {
+        // ANCHOR_END: wanted_interest_signature
         let mut interest = 0;
         if self.wants_input(max_pending) {
             interest |= READABLE;
@@ -123,6 +127,7 @@ impl Connection {
         }
         (interest != 0).then_some(interest)
     }
+    // ANCHOR: connection_2
 }
 
 /// One `write`, treating "send buffer full" (EAGAIN) as "0 bytes written
@@ -137,4 +142,5 @@ fn write_some(socket: &Socket, data: &[u8]) -> io::Result<usize> {
         }
     }
 }
+// ANCHOR_END: connection_2
 // ANCHOR_END: connection

@@ -249,11 +249,15 @@ impl TimerWheel {
     // ANCHOR_END: cancel
 
     // ANCHOR: expire
+    // ANCHOR: expire_1
+    // ANCHOR_END: expire_1
+    // ANCHOR: expire_signature
     /// Fires every timer whose deadline is at or before the start of the
     /// current tick, calling `on_expired(key)` for each (its timer is already
     /// disarmed). Returns how many fired. Call it after every `epoll_wait`;
     /// ticks missed by a late call are caught up on, each slot visited once.
     pub fn expire(&mut self, now: Instant, mut on_expired: impl FnMut(usize)) -> usize {
+        // ANCHOR_END: expire_signature
         let now_tick = self.tick_at_or_before(now);
         if now_tick < self.next_tick {
             return 0; // still inside a tick already processed
@@ -292,6 +296,8 @@ impl TimerWheel {
         self.stats.expired += fired as u64;
         fired
     }
+    // ANCHOR: expire_2
+    // ANCHOR_END: expire_2
     // ANCHOR_END: expire
 
     // ANCHOR: next_timeout

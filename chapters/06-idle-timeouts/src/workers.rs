@@ -87,6 +87,7 @@ pub fn work_for(data: &[u8], work_per_newline: Duration) -> Duration {
 // ANCHOR_END: work
 
 // ANCHOR: completions
+// ANCHOR: completions_1
 /// The way back: finished jobs wait here until the loop takes them.
 #[derive(Debug)]
 pub struct Completions {
@@ -117,8 +118,11 @@ impl Completions {
         self.waker.raw_fd()
     }
 
+    // ANCHOR_END: completions_1
+    // ANCHOR: deliver_signature
     /// Worker side: hand a result to the loop, and wake it if nobody has yet.
     pub fn deliver(&self, done: Completed) {
+        // ANCHOR_END: deliver_signature
         let wake_the_loop = {
             let mut finished = self.finished.lock().unwrap_or_else(PoisonError::into_inner);
             finished.jobs.push(done);
@@ -131,13 +135,17 @@ impl Completions {
             let _ = self.waker.notify();
         }
     }
+    // ANCHOR: completions_2
 
+    // ANCHOR_END: completions_2
+    // ANCHOR: take_all_signature
     /// Loop side: swap every finished job into `into` (which must be empty;
     /// swapping keeps both vectors' capacity, so steady state allocates
     /// nothing). Resetting the eventfd *before* taking the list is what makes
     /// this race-free: a result delivered after the swap finds
     /// `loop_notified` false and notifies again.
     pub fn take_all(&self, into: &mut Vec<Completed>) -> io::Result<()> {
+        // ANCHOR_END: take_all_signature
         debug_assert!(into.is_empty());
         self.waker.reset()?;
         let mut finished = self.finished.lock().unwrap_or_else(PoisonError::into_inner);
@@ -145,7 +153,9 @@ impl Completions {
         std::mem::swap(&mut finished.jobs, into);
         Ok(())
     }
+    // ANCHOR: completions_3
 }
+// ANCHOR_END: completions_3
 // ANCHOR_END: completions
 
 // ANCHOR: offload

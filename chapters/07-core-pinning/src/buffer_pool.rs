@@ -107,6 +107,7 @@ pub struct PoolStats {
 // ANCHOR_END: pool_stats
 
 // ANCHOR: pool
+// ANCHOR: pool_1
 /// A stack of idle output chunks, owned by one event loop (no locks: only
 /// the loop's thread touches it).
 ///
@@ -162,10 +163,13 @@ impl BufferPool {
         self.stats
     }
 
+    // ANCHOR_END: pool_1
+    // ANCHOR: take_signature
     /// Lends out an empty chunk: an idle one if there is one (a hit), a
     /// freshly allocated one otherwise (a miss). Its old contents are not
     /// cleared; only bytes appended after this are ever read.
     pub fn take(&mut self) -> Buffer {
+        // ANCHOR_END: take_signature
         let bytes = match self.idle.pop() {
             Some(bytes) => {
                 self.stats.hits += 1;
@@ -184,10 +188,14 @@ impl BufferPool {
             end: 0,
         }
     }
+    // ANCHOR: pool_2
 
+    // ANCHOR_END: pool_2
+    // ANCHOR: give_back_signature
     /// Takes a chunk back: kept for the next `take` while the pool holds
     /// fewer than its cap, freed otherwise.
     pub fn give_back(&mut self, buffer: Buffer) {
+        // ANCHOR_END: give_back_signature
         debug_assert_eq!(buffer.bytes.len(), self.buffer_size, "not from this pool");
         self.stats.returned += 1;
         self.stats.in_use = self.stats.in_use.saturating_sub(1);
@@ -197,6 +205,7 @@ impl BufferPool {
             self.stats.dropped_over_cap += 1;
         }
     }
+    // ANCHOR: pool_3
 
     fn take_queue(&mut self) -> Box<OutputQueue> {
         self.idle_queues.pop().unwrap_or_default()
@@ -215,6 +224,7 @@ impl Default for BufferPool {
         BufferPool::new()
     }
 }
+// ANCHOR_END: pool_3
 // ANCHOR_END: pool
 
 // ANCHOR: pending_output

@@ -13,6 +13,7 @@ use crate::sys::{self, Listener};
 const LISTEN_BACKLOG: i32 = 4096;
 
 // ANCHOR: listeners
+// ANCHOR: bind_listeners_signature
 /// The listening sockets, one per reactor. With `SO_REUSEPORT` each reactor
 /// gets its own, all bound to one port: port 0 picks a free port for the
 /// first, and the others must bind *that* port (binding 0 again would give
@@ -23,6 +24,7 @@ pub fn bind_listeners(
     reactors: usize,
     balance: Balance,
 ) -> io::Result<Vec<Arc<Listener>>> {
+    // ANCHOR_END: bind_listeners_signature
     match balance {
         Balance::Reuseport => {
             let mut listeners = Vec::with_capacity(reactors);
@@ -43,9 +45,11 @@ pub fn bind_listeners(
 // ANCHOR_END: listeners
 
 // ANCHOR: plan_pinning
+// ANCHOR: plan_pinning_signature
 /// The CPU for each reactor with `--pin` (reactor i, counted from `first`,
 /// gets the i-th CPU we are allowed to use, round robin), or no pinning.
 pub fn plan_pinning(reactors: usize, pin: bool, first: usize) -> io::Result<Vec<Option<usize>>> {
+    // ANCHOR_END: plan_pinning_signature
     if !pin {
         return Ok(vec![None; reactors]);
     }

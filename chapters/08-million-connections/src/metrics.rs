@@ -85,6 +85,7 @@ pub fn status_line(sample: &Sample) -> String {
 // ANCHOR_END: status_line
 
 // ANCHOR: render
+// ANCHOR: render_1
 /// The Prometheus text exposition format (version 0.0.4): for each metric a
 /// `# HELP` and `# TYPE` line, then `name{labels} value` lines.
 pub fn render(sample: &Sample) -> String {
@@ -126,6 +127,7 @@ pub fn render(sample: &Sample) -> String {
         sample.restarts,
     );
 
+    // ANCHOR_END: render_1
     let name = "c1m_loop_iteration_seconds";
     let _ = writeln!(
         out,
@@ -148,6 +150,7 @@ pub fn render(sample: &Sample) -> String {
         "{name}_sum {}\n{name}_count {cumulative}",
         total.iteration_ns_sum as f64 / 1e9
     );
+    // ANCHOR: render_2
 
     // Per worker: the two numbers that show balance and leaks.
     for (name, help) in [
@@ -172,6 +175,7 @@ pub fn render(sample: &Sample) -> String {
     }
     out
 }
+// ANCHOR_END: render_2
 // ANCHOR_END: render
 
 // ANCHOR: http

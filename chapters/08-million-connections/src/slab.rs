@@ -69,6 +69,7 @@ impl fmt::Debug for Token {
 // ANCHOR_END: token
 
 // ANCHOR: slab
+// ANCHOR: slab_1
 /// Connection state for every open connection, in one contiguous `Vec`.
 /// Inserting reuses the most recently freed slot (its memory is likely
 /// still in cache); the `Vec` only grows when every slot is full, so in
@@ -154,6 +155,8 @@ impl<T> Slab<T> {
         self.entries.capacity()
     }
 
+    // ANCHOR_END: slab_1
+    // ANCHOR: insert_signature
     /// Stores `value` and returns the token that names it.
     ///
     /// # Panics
@@ -161,6 +164,7 @@ impl<T> Slab<T> {
     /// If the slab already has `u32::MAX` slots (4 billion connections:
     /// descriptors run out long before).
     pub fn insert(&mut self, value: T) -> Token {
+        // ANCHOR_END: insert_signature
         self.len += 1;
         if self.next_free != NO_SLOT {
             let index = self.next_free;
@@ -181,6 +185,7 @@ impl<T> Slab<T> {
         });
         Token::new(index, self.fresh_generation)
     }
+    // ANCHOR: slab_2
 
     /// The value `token` names, or `None` if that value was removed (even if
     /// its slot has a new occupant since: the generation tells them apart).
@@ -195,7 +200,10 @@ impl<T> Slab<T> {
         }
     }
 
+    // ANCHOR_END: slab_2
+    // ANCHOR: get_mut_signature
     pub fn get_mut(&mut self, token: Token) -> Option<&mut T> {
+        // ANCHOR_END: get_mut_signature
         match self.entries.get_mut(token.index() as usize) {
             Some(Entry {
                 generation,
@@ -204,6 +212,7 @@ impl<T> Slab<T> {
             _ => None,
         }
     }
+    // ANCHOR: slab_3
 
     /// The token of whatever occupies slot `index` now, `None` if it is
     /// vacant. For the timer wheel, which knows connections by slot index
@@ -222,8 +231,11 @@ impl<T> Slab<T> {
         }
     }
 
+    // ANCHOR_END: slab_3
+    // ANCHOR: remove_signature
     /// Takes the value out and frees its slot; `None` if `token` is stale.
     pub fn remove(&mut self, token: Token) -> Option<T> {
+        // ANCHOR_END: remove_signature
         let index = token.index();
         let entry = self.entries.get_mut(index as usize)?;
         if entry.generation != token.generation() || matches!(entry.slot, Slot::Vacant { .. }) {
@@ -241,6 +253,7 @@ impl<T> Slab<T> {
         self.len -= 1;
         Some(value)
     }
+    // ANCHOR: slab_4
 
     // ANCHOR: shrink
     /// Gives memory back after a crowd has left: if fewer than a quarter of
@@ -315,6 +328,7 @@ impl<T> fmt::Debug for Slab<T> {
             .finish()
     }
 }
+// ANCHOR_END: slab_4
 // ANCHOR_END: slab
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ use crate::sys::{
 use crate::worker_process::WorkerCommand;
 
 // ANCHOR: plan
+// ANCHOR: plan_1
 /// Descriptors a worker keeps for itself: stdio, epoll, listeners,
 /// eventfds, signalfd, the spare. Generous: there are fewer than 16 per
 /// reactor.
@@ -51,11 +52,17 @@ pub struct Plan {
     pub reason: String,
 }
 
+// ANCHOR_END: plan_1
+// ANCHOR: connections_per_worker_signature
 /// Connections one worker can hold under a hard `RLIMIT_NOFILE` of `hard`.
 pub fn connections_per_worker(hard: u64) -> u64 {
+    // ANCHOR_END: connections_per_worker_signature
     hard.saturating_sub(RESERVED_DESCRIPTORS) * FILL_PERCENT / 100
 }
+// ANCHOR: plan_2
 
+// ANCHOR_END: plan_2
+// ANCHOR: choose_plan_signature
 /// `--procs auto`: the fewest processes whose descriptor limits together
 /// hold `target_conns`. `--reactors auto`: the cores shared out among them.
 pub fn choose_plan(
@@ -65,6 +72,7 @@ pub fn choose_plan(
     limit: DescriptorLimit,
     cores: usize,
 ) -> Plan {
+    // ANCHOR_END: choose_plan_signature
     let per_worker = connections_per_worker(limit.hard).max(1);
     let (procs, reason) = match procs {
         Some(procs) => (
@@ -116,6 +124,8 @@ pub fn choose_plan(
         reason,
     }
 }
+// ANCHOR: plan_3
+// ANCHOR_END: plan_3
 // ANCHOR_END: plan
 
 /// Restart delays: the first restart is quick; a worker that keeps dying
@@ -494,6 +504,7 @@ impl Supervisor {
     }
 
     // ANCHOR: reap
+    // ANCHOR: reap_1
     /// Collects every worker that exited. Outside shutdown each one is a
     /// crash: keep its counters, and schedule a restart after a delay that
     /// doubles while it keeps dying young.
@@ -510,12 +521,16 @@ impl Supervisor {
             self.retired.add(&stats.snapshot().retired());
             stats.reset();
             let slot = &mut self.slots[index];
+            // The back-off (exercise 08c): after a healthy run start again
+            // from the first delay; wait the delay, double it up to the cap.
+            // ANCHOR_END: reap_1
             if slot.started_at.elapsed() >= HEALTHY_UPTIME {
                 slot.restart_delay = FIRST_RESTART_DELAY;
             }
             let delay = slot.restart_delay;
             slot.restart_at = Some(Instant::now() + delay);
             slot.restart_delay = (delay * 2).min(MAX_RESTART_DELAY);
+            // ANCHOR: reap_2
             eprintln!("worker {index} (pid {pid}) died ({how}); restarting it in {delay:?}");
         }
     }
@@ -526,16 +541,20 @@ impl Supervisor {
                 match self.spawn(index) {
                     Ok(()) => self.restarts += 1,
                     Err(e) => {
+                        // The same back-off for a spawn that failed (exercise 08c).
+                        // ANCHOR_END: reap_2
                         let slot = &mut self.slots[index];
                         let delay = slot.restart_delay;
                         slot.restart_at = Some(now + delay);
                         slot.restart_delay = (delay * 2).min(MAX_RESTART_DELAY);
+                        // ANCHOR: reap_3
                         eprintln!("cannot restart worker {index}: {e}; trying again in {delay:?}");
                     }
                 }
             }
         }
     }
+    // ANCHOR_END: reap_3
     // ANCHOR_END: reap
 
     // ANCHOR: sample

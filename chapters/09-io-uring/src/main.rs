@@ -268,10 +268,14 @@ fn main() -> ExitCode {
 // ANCHOR_END: main
 
 // ANCHOR: listeners
+// ANCHOR: listeners_1
+// ANCHOR_END: listeners_1
+// ANCHOR: bind_listeners_signature
 /// The listening sockets, one per reactor, all bound to one port with
 /// `SO_REUSEPORT`: port 0 picks a free port for the first, and the others
 /// must bind *that* port (binding 0 again would give each its own).
 fn bind_listeners(addr: SocketAddr, reactors: usize) -> io::Result<Vec<Arc<Listener>>> {
+    // ANCHOR_END: bind_listeners_signature
     let mut listeners = Vec::with_capacity(reactors);
     let mut addr = addr;
     for _ in 0..reactors {
@@ -281,12 +285,18 @@ fn bind_listeners(addr: SocketAddr, reactors: usize) -> io::Result<Vec<Arc<Liste
     }
     Ok(listeners)
 }
+// ANCHOR: listeners_2
+// ANCHOR_END: listeners_2
 // ANCHOR_END: listeners
 
 // ANCHOR: plan_pinning
+// ANCHOR: plan_pinning_1
+// ANCHOR_END: plan_pinning_1
+// ANCHOR: plan_pinning_signature
 /// The CPU for each reactor with `--pin` (reactor i gets the i-th CPU we are
 /// allowed to use, round robin), or no pinning.
 fn plan_pinning(reactors: usize, pin: bool) -> io::Result<Vec<Option<usize>>> {
+    // ANCHOR_END: plan_pinning_signature
     if !pin {
         return Ok(vec![None; reactors]);
     }
@@ -298,6 +308,8 @@ fn plan_pinning(reactors: usize, pin: bool) -> io::Result<Vec<Option<usize>>> {
         .map(|i| Some(allowed[i % allowed.len()]))
         .collect())
 }
+// ANCHOR: plan_pinning_2
+// ANCHOR_END: plan_pinning_2
 // ANCHOR_END: plan_pinning
 
 /// The start-up lines after `listening on`: the reactors, where they run,

@@ -289,7 +289,11 @@ impl Server {
     // ANCHOR_END: on_completion
 
     // ANCHOR: on_recv
+    // ANCHOR: on_recv_1
+    // ANCHOR_END: on_recv_1
+    // ANCHOR: on_recv_signature
     fn on_recv(&mut self, token: Token, completion: Completion) -> io::Result<()> {
+        // ANCHOR_END: on_recv_signature
         let buffer_id = completion.buffer_id();
         let Some(connection) = self.connections.get_mut(token) else {
             // Its connection is gone. The buffer the kernel filled is still
@@ -359,6 +363,8 @@ impl Server {
         }
         self.after_completion(token)
     }
+    // ANCHOR: on_recv_2
+    // ANCHOR_END: on_recv_2
     // ANCHOR_END: on_recv
 
     // ANCHOR: on_send

@@ -427,9 +427,13 @@ impl EventFd {
 // ANCHOR_END: eventfd
 
 // ANCHOR: affinity
+// ANCHOR: affinity_1
+// ANCHOR_END: affinity_1
+// ANCHOR: allowed_cpus_signature
 /// The CPUs the calling thread may run on, in increasing order: the mask it
 /// inherited (`taskset`, a cgroup cpuset, a container), not always `0..N`.
 pub fn allowed_cpus() -> io::Result<Vec<usize>> {
+    // ANCHOR_END: allowed_cpus_signature
     // SAFETY: cpu_set_t is a plain bitmask; all zeroes is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: pid 0 is the calling thread; `set` is writable and its size is
@@ -440,10 +444,14 @@ pub fn allowed_cpus() -> io::Result<Vec<usize>> {
         .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
         .collect())
 }
+// ANCHOR: affinity_2
 
+// ANCHOR_END: affinity_2
+// ANCHOR: pin_current_thread_signature
 /// Lets the calling thread run on `cpu` only. Affinity is per thread on
 /// Linux (pid 0 = this thread); threads it spawns afterwards inherit it.
 pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    // ANCHOR_END: pin_current_thread_signature
     if cpu >= libc::CPU_SETSIZE as usize {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
@@ -456,12 +464,14 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     check(unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set) })?;
     Ok(())
 }
+// ANCHOR: affinity_3
 
 /// The calling thread's id: the `<tid>` of `/proc/<pid>/task/<tid>/`.
 pub fn thread_id() -> i32 {
     // SAFETY: no arguments, cannot fail.
     unsafe { libc::gettid() }
 }
+// ANCHOR_END: affinity_3
 // ANCHOR_END: affinity
 
 // ANCHOR: spare

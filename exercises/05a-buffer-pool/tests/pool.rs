@@ -81,7 +81,10 @@ fn steady_state_allocates_nothing() {
         }
     }
     let stats = pool.stats();
-    assert_eq!(stats.misses, 4, "only the first 4-buffer burst allocated");
+    assert_eq!(
+        stats.misses, 4,
+        "four allocations in all: each of the first four bursts needed one more buffer than the last"
+    );
     assert_eq!(stats.high_water, 4);
     assert_eq!(stats.in_use, 0);
 }

@@ -1,0 +1,217 @@
+//! How long each chapter takes, *estimated* from what is on its page: the
+//! words of prose, the lines of code it shows (its `{{#include}}`s resolved)
+//! and its exercises. Rendered into `book/src/generated/reading-time.md` for
+//! "How to read this book" by `cargo xtask neighbours`, which also checks it
+//! (so the estimate follows the pages as they change, and nobody types it).
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::run::{TaskError, workspace_root};
+
+/// Words of prose read per minute: a common figure for technical reading.
+const PROSE_WORDS_PER_MINUTE: usize = 200;
+/// Lines of code read per minute, reading to understand rather than skim.
+const CODE_LINES_PER_MINUTE: usize = 10;
+/// Building, running and measuring the chapter's server as its page shows.
+const RUN_MINUTES: usize = 15;
+/// One exercise, hints included.
+const EXERCISE_MINUTES: usize = 45;
+
+/// What one page holds, as counted.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PageSize {
+    pub prose_words: usize,
+    pub code_lines: usize,
+}
+
+/// Count a page: words outside code blocks, and non-blank lines inside them
+/// with `{{#include file:anchor}}` resolved against `dir`.
+pub fn measure(markdown: &str, dir: &Path) -> PageSize {
+    let mut size = PageSize::default();
+    let mut in_code = false;
+    for line in markdown.lines() {
+        if line.trim_start().starts_with("```") {
+            in_code = !in_code;
+            continue;
+        }
+        if in_code {
+            size.code_lines += match include_target(line) {
+                Some((file, anchor)) => included_lines(&dir.join(file), anchor.as_deref()),
+                None => usize::from(!line.trim().is_empty()),
+            };
+        } else if include_target(line).is_none() {
+            size.prose_words += line.split_whitespace().count();
+        }
+    }
+    size
+}
+
+/// `{{#include path:anchor}}` → `(path, Some(anchor))`.
+fn include_target(line: &str) -> Option<(String, Option<String>)> {
+    let inner = line
+        .trim()
+        .strip_prefix("{{#include ")?
+        .strip_suffix("}}")?;
+    Some(match inner.split_once(':') {
+        Some((file, anchor)) => (file.to_string(), Some(anchor.to_string())),
+        None => (inner.to_string(), None),
+    })
+}
+
+/// Non-blank lines of `file` (between `ANCHOR: anchor` and `ANCHOR_END:
+/// anchor` when given), anchor lines themselves left out, as mdbook does.
+fn included_lines(file: &Path, anchor: Option<&str>) -> usize {
+    let Ok(text) = fs::read_to_string(file) else {
+        return 0;
+    };
+    let mut inside = anchor.is_none();
+    let mut count = 0;
+    for line in text.lines() {
+        if let Some(anchor) = anchor {
+            let name = line.trim().trim_start_matches("//").trim();
+            if name == format!("ANCHOR: {anchor}") {
+                inside = true;
+                continue;
+            }
+            if name == format!("ANCHOR_END: {anchor}") {
+                inside = false;
+                continue;
+            }
+        }
+        if inside && !line.contains("ANCHOR") && !line.trim().is_empty() {
+            count += 1;
+        }
+    }
+    count
+}
+
+/// Minutes for one chapter, by the constants above, rounded up to 5.
+fn minutes(size: &PageSize, exercises: usize) -> (usize, usize) {
+    let reading = size.prose_words.div_ceil(PROSE_WORDS_PER_MINUTE)
+        + size.code_lines.div_ceil(CODE_LINES_PER_MINUTE)
+        + RUN_MINUTES;
+    let round = |m: usize| m.div_ceil(5) * 5;
+    (round(reading), exercises * EXERCISE_MINUTES)
+}
+
+fn hours(minutes: usize) -> String {
+    match (minutes / 60, minutes % 60) {
+        (0, m) => format!("{m} min"),
+        (h, 0) => format!("{h} h"),
+        (h, m) => format!("{h} h {m} min"),
+    }
+}
+
+pub fn path() -> PathBuf {
+    workspace_root().join("book/src/generated/reading-time.md")
+}
+
+/// The table, from the chapter pages and the exercises in the tree.
+pub fn render() -> Result<String, TaskError> {
+    let root = workspace_root();
+    let src = root.join("book/src");
+    let failed = |what: &Path, e: std::io::Error| {
+        TaskError::Failed(format!("reading {}: {e}", what.display()))
+    };
+    let mut pages: Vec<PathBuf> = fs::read_dir(&src)
+        .map_err(|e| failed(&src, e))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("ch") && n.ends_with(".md"))
+        })
+        .collect();
+    pages.sort();
+    let exercise_names: Vec<String> = fs::read_dir(root.join("exercises"))
+        .map_err(|e| failed(&root.join("exercises"), e))?
+        .filter_map(Result::ok)
+        .filter(|e| e.path().join("Cargo.toml").is_file())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+
+    let mut out = String::from(
+        "<!-- Generated by `cargo xtask neighbours` from the chapter pages and exercises/. Do not edit: re-run it (`cargo xtask test` checks it). -->\n\n",
+    );
+    let _ = writeln!(
+        out,
+        "| chapter | prose words | code lines shown | read and run it | exercises | solve them |"
+    );
+    let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: |");
+    let (mut total_read, mut total_solve) = (0, 0);
+    for page in &pages {
+        let text = fs::read_to_string(page).map_err(|e| failed(page, e))?;
+        let size = measure(&text, &src);
+        let stem = page.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        let number = stem.get(2..4).unwrap_or("");
+        let exercises = exercise_names
+            .iter()
+            .filter(|n| n.starts_with(number))
+            .count();
+        let (read, solve) = minutes(&size, exercises);
+        total_read += read;
+        total_solve += solve;
+        let title = text.lines().next().unwrap_or(stem).trim_start_matches("# ");
+        let _ = writeln!(
+            out,
+            "| [{title}]({stem}.md) | {} | {} | ≈ {} | {exercises} | ≈ {} |",
+            size.prose_words,
+            size.code_lines,
+            hours(read),
+            hours(solve)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "| **all chapters** | | | **≈ {}** | | **≈ {}** |",
+        hours(total_read),
+        hours(total_solve)
+    );
+    let _ = writeln!(
+        out,
+        "\nAn estimate, not a measurement: {PROSE_WORDS_PER_MINUTE} words of prose and \
+         {CODE_LINES_PER_MINUTE} lines of code a minute, {RUN_MINUTES} minutes to run each \
+         chapter's commands, {EXERCISE_MINUTES} minutes an exercise."
+    );
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prose_and_included_code_are_counted_apart() {
+        let dir = std::env::temp_dir().join(format!("c1m-reading-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join("a.rs"),
+            "fn hidden() {}\n// ANCHOR: shown\nfn one() {}\n\n    // ANCHOR: inner\nfn two() {}\n    // ANCHOR_END: inner\n// ANCHOR_END: shown\n",
+        )
+        .unwrap();
+        let page = "# Title here\n\nFour words of prose.\n\n```rust\n{{#include a.rs:shown}}\nlet typed = 1;\n\n```\n\n```rust\n{{#include a.rs}}\n```\n";
+        let size = measure(page, &dir);
+        let _ = fs::remove_dir_all(&dir);
+        // "# Title here" (3) + "Four words of prose." (4)
+        assert_eq!(size.prose_words, 7);
+        // shown: one, two (anchors and blanks left out) + the typed line,
+        // then the whole file without its anchor lines: hidden, one, two.
+        assert_eq!(size.code_lines, 2 + 1 + 3);
+    }
+
+    #[test]
+    fn minutes_round_up_and_add_the_run() {
+        let size = PageSize {
+            prose_words: 401,
+            code_lines: 11,
+        };
+        // 3 + 2 + 15 = 20
+        assert_eq!(minutes(&size, 2), (20, 2 * EXERCISE_MINUTES));
+        assert_eq!(hours(20), "20 min");
+        assert_eq!(hours(120), "2 h");
+        assert_eq!(hours(135), "2 h 15 min");
+    }
+}
