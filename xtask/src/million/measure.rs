@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 use loadgen::report::{EchoReport, HoldReport};
 use loadgen::server::ServerProcess;
 
-use super::host::{HostSnapshot, MemoryGuard, cpu_between, cpu_ticks};
+use super::flamegraph::RampProfiler;
+use super::host::{HostSnapshot, MemoryGuard, all_cores, cpu_between, cpu_ticks};
 use super::procs::{Helper, ServerGuard};
 use super::ramp::{OpenCounter, RampProgress, server_said};
+use super::ramp_profile::{RampSample, phases};
 use super::report::{
     KernelPerConn, Probe, Report, host_returned, probe_line, targets, time_wait_drained,
 };
@@ -187,16 +189,17 @@ impl Run<'_> {
         let ramp_started = Instant::now();
         let cpu_at_start = cpu_ticks();
         let mut bar = RampProgress::new(n as u64);
-        let (mut last_gain, mut last_open, mut next_sample) = (Instant::now(), 0u64, 0.0);
+        let mut flamegraph = RampProfiler::new(n, args.profile_from(), args.flamegraph_svg());
+        let (mut last_gain, mut last_open) = (Instant::now(), 0u64);
         loop {
             self.guard.check()?;
             let open = counter.open(server)?;
             let elapsed = ramp_started.elapsed().as_secs_f64();
             self.report.server_peak_open = self.report.server_peak_open.max(open);
-            if elapsed >= next_sample {
-                self.report.ramp_timeline.push((elapsed, open));
-                next_sample += 1.0;
-            }
+            self.report
+                .ramp_samples
+                .push(RampSample::new(elapsed, open, all_cores(&cpu_ticks())));
+            flamegraph.poll(open, n as u64);
             bar.show(open, elapsed, open as f64 / elapsed.max(0.001));
             if open >= n as u64 {
                 break;
@@ -224,9 +227,8 @@ impl Run<'_> {
         report.ramp_cpu = cpu_between(&cpu_at_start, &cpu_ticks());
         let held_at = Instant::now();
         report.server_saw_all_seconds = ramp_started.elapsed().as_secs_f64();
-        report
-            .ramp_timeline
-            .push((report.server_saw_all_seconds, n as u64));
+        report.ramp_phases = phases(&report.ramp_samples, n as u64);
+        report.flamegraph = flamegraph.finish()?;
         report.loadgen_plan = hold
             .stderr_lines()
             .into_iter()

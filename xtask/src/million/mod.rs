@@ -16,10 +16,12 @@
 //! ramp is [`ramp`].
 
 mod ci;
+mod flamegraph;
 mod host;
 mod measure;
 mod procs;
 mod ramp;
+mod ramp_profile;
 mod report;
 
 use std::fs;
@@ -93,6 +95,44 @@ pub struct MillionArgs {
     /// Stop everything if MemAvailable falls below this many GiB.
     #[arg(long, default_value_t = 3.0, value_name = "GIB")]
     min_available_gib: f64,
+    /// Profile the ramp system-wide (`perf record -a -g -e cpu-clock`, root)
+    /// and draw a flamegraph into target/million-ramp-N.svg.
+    #[arg(long)]
+    flamegraph: bool,
+    /// Profile the ramp as --flamegraph does and record it in the book:
+    /// book/src/img/ramp-flamegraph-N.svg and its tables, beside the other
+    /// connection counts recorded.
+    #[arg(long)]
+    record_flamegraph: bool,
+    /// Start the profile once the server counts this share of the
+    /// connections open (it stops when the last one arrives).
+    #[arg(long, default_value_t = 0.5, value_name = "FRACTION", value_parser = parse_fraction)]
+    flamegraph_from: f64,
+}
+
+fn parse_fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(f) if (0.0..1.0).contains(&f) => Ok(f),
+        _ => Err("expected a share of the connections, at least 0 and below 1".to_string()),
+    }
+}
+
+impl MillionArgs {
+    /// From which share of the ramp to profile it; None: no profile.
+    fn profile_from(&self) -> Option<f64> {
+        (self.flamegraph || self.record_flamegraph).then_some(self.flamegraph_from)
+    }
+
+    /// Where the ramp's flamegraph goes.
+    fn flamegraph_svg(&self) -> PathBuf {
+        if self.record_flamegraph {
+            flamegraph::book_svg(self.conns)
+        } else {
+            c1m_benches::release_dir()
+                .join("..")
+                .join(format!("million-ramp-{}.svg", self.conns))
+        }
+    }
 }
 
 fn parse_procs(text: &str) -> Result<String, String> {
@@ -180,6 +220,7 @@ pub fn run(args: &MillionArgs) -> TaskResult {
             )));
         }
     }
+    flamegraph::RampProfiler::check_host(args.profile_from())?;
     step("build");
     let binaries = build(&args.server)?;
     let report = measure::measure(args, hold_seconds, &binaries)?;
@@ -193,6 +234,9 @@ pub fn run(args: &MillionArgs) -> TaskResult {
     }
     if args.record {
         record(&report)?;
+    }
+    if let (true, Some(profile)) = (args.record_flamegraph, &report.flamegraph) {
+        flamegraph::record(profile)?;
     }
     let failed: Vec<&str> = report
         .targets

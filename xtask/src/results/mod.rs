@@ -21,7 +21,7 @@ mod data;
 pub(crate) mod format;
 mod machine;
 mod measure;
-mod plot;
+pub(crate) mod plot;
 mod render;
 mod scenarios;
 
