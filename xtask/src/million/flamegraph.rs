@@ -1,7 +1,8 @@
-//! `--flamegraph`: a system-wide kernel profile of the ramp. Once the server
-//! counts a share of the connections open (`--flamegraph-from`), `perf
-//! record -a -g -e cpu-clock` samples every core, kernel and userland alike,
-//! until the last connection arrives. inferno folds the stacks and draws the
+//! `--flamegraph`: a system-wide kernel profile of the ramp. `perf record
+//! -a -g -e cpu-clock` samples every core, kernel and userland alike, over
+//! the whole ramp; only the samples from the moment the server counts a
+//! share of the connections open (`--flamegraph-from`) until the last one
+//! arrives are kept (`perf script --time`). inferno folds the stacks and draws the
 //! flamegraph; the same folded stacks give the tables: the functions the
 //! samples fell in (self time), and the system calls the time was spent
 //! under (with the loopback softirq work they run inline).
@@ -33,7 +34,12 @@ pub(super) struct RampFlamegraph {
     pub(super) from_open: u64,
     pub(super) to_open: u64,
     pub(super) seconds: f64,
-    pub(super) samples: u64,
+    /// CPU time sampled on all cores in the window, ours and others'.
+    pub(super) cpu_seconds: f64,
+    /// Share of that time in processes that are not this run's (other
+    /// work on a shared host): left out of every table below and the
+    /// flamegraph, which are shares of this run's time (idle included).
+    pub(super) others_percent: f64,
     /// Share of samples per process name (perf's `comm`), largest first.
     pub(super) processes: Vec<Share>,
     /// Share of samples in the kernel (any frame tagged `_[k]`).
@@ -61,14 +67,29 @@ const KEEP: usize = 15;
 /// stacks stay a few MB, above 100 Hz so a one-second window has samples.
 const FREQUENCY: &str = "997";
 
-/// Starts perf once the ramp passes `from_open`; stopped by [`finish`].
+/// Records the whole ramp (perf takes a moment to start, longer than a
+/// small ramp lasts) with CLOCK_MONOTONIC timestamps, notes when the ramp
+/// passes `from_fraction`, and keeps only the samples after that.
 pub(super) struct RampProfiler {
     conns: usize,
     from_fraction: Option<f64>,
     svg: PathBuf,
     data: PathBuf,
-    perf: Option<(Child, Instant, u64)>,
+    perf: Option<Child>,
+    /// CLOCK_MONOTONIC and the open count when the window began.
+    window_start: Option<(f64, u64, Instant)>,
     last_open: u64,
+}
+
+/// CLOCK_MONOTONIC in seconds: the clock perf stamps samples with (`-k`).
+fn monotonic_seconds() -> f64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec that lives for the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
+    now.tv_sec as f64 + now.tv_nsec as f64 / 1e9
 }
 
 impl RampProfiler {
@@ -81,6 +102,7 @@ impl RampProfiler {
             svg,
             data,
             perf: None,
+            window_start: None,
             last_open: 0,
         }
     }
@@ -96,77 +118,85 @@ impl RampProfiler {
         Ok(())
     }
 
-    /// Called on every look at the ramp: starts perf at the threshold.
-    pub(super) fn poll(&mut self, open: u64, total: u64) {
-        self.last_open = open;
-        let Some(fraction) = self.from_fraction else {
-            return;
-        };
-        if self.perf.is_some() || (open as f64) < fraction * total as f64 {
-            return;
+    /// Starts perf on every core (when profiling), before the ramp starts.
+    pub(super) fn start(&mut self) -> Result<(), TaskError> {
+        if self.from_fraction.is_none() {
+            return Ok(());
         }
         let child = Command::new("perf")
-            .args([
-                "record",
-                "-a",
-                "-g",
-                "-e",
-                "cpu-clock",
-                "-F",
-                FREQUENCY,
-                "-o",
-            ])
+            .args(["record", "-a", "-g", "-e", "cpu-clock", "-F", FREQUENCY])
+            .args(["-k", "CLOCK_MONOTONIC", "-o"])
             .arg(&self.data)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .spawn();
-        match child {
-            Ok(child) => {
-                eprintln!("\n    perf record -a -g -e cpu-clock from {open} open");
-                self.perf = Some((child, Instant::now(), open));
-            }
-            Err(e) => {
-                eprintln!("\n    perf record did not start ({e}); no flamegraph");
-                self.from_fraction = None;
-            }
+            .spawn()
+            .map_err(|e| TaskError::Failed(format!("starting perf record: {e}")))?;
+        eprintln!("    $ perf record -a -g -e cpu-clock -F {FREQUENCY} -k CLOCK_MONOTONIC");
+        self.perf = Some(child);
+        // Let perf map its buffers on every core before the ramp begins.
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        Ok(())
+    }
+
+    /// Called on every look at the ramp: notes when the window begins.
+    pub(super) fn poll(&mut self, open: u64, total: u64) {
+        self.last_open = open;
+        if let (Some(fraction), None) = (self.from_fraction, self.window_start)
+            && open as f64 >= fraction * total as f64
+        {
+            self.window_start = Some((monotonic_seconds(), open, Instant::now()));
         }
     }
 
-    /// Stops perf (the ramp is done) and renders what it recorded.
-    pub(super) fn finish(mut self) -> Result<Option<RampFlamegraph>, TaskError> {
-        let Some((mut child, started, from_open)) = self.perf.take() else {
+    /// Stops perf (the ramp is done) and renders the window, keeping the
+    /// samples of the processes named `ours` (and idle).
+    pub(super) fn finish(mut self, ours: &[String]) -> Result<Option<RampFlamegraph>, TaskError> {
+        let Some(mut child) = self.perf.take() else {
             return Ok(None);
         };
-        let seconds = started.elapsed().as_secs_f64();
+        let end = monotonic_seconds();
         // SAFETY: kill has no memory-safety preconditions; the pid is the
         // perf we started and have not waited for yet.
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
         let status = child
             .wait()
             .map_err(|e| TaskError::Failed(format!("waiting for perf record: {e}")))?;
-        if !status.success() {
+        if !status.success() && !self.data.is_file() {
             return Err(TaskError::Failed(format!(
                 "perf record failed ({status}); as non-root, lower \
                  /proc/sys/kernel/perf_event_paranoid"
             )));
         }
-        eprintln!("    perf: {seconds:.1} s recorded; folding the stacks");
+        let (start, from_open, started) =
+            self.window_start
+                .unwrap_or((end, self.last_open, Instant::now()));
+        let seconds = started.elapsed().as_secs_f64();
+        eprintln!("    perf: a {seconds:.1} s window; folding the stacks");
         let script = Command::new("perf")
-            .args(["script", "-i"])
+            .args(["script", "--time", &format!("{start:.6},{end:.6}"), "-i"])
             .arg(&self.data)
             .stderr(Stdio::null())
             .output()
             .map_err(|e| TaskError::Failed(format!("perf script: {e}")))?;
         let _ = fs::remove_file(&self.data);
-        let folded = fold(&script.stdout)?;
+        let all = fold(&script.stdout)?;
+        let total = total_count(&all);
+        let folded: Vec<String> = all
+            .into_iter()
+            .filter(|line| {
+                let comm = line.split(';').next().unwrap_or("");
+                comm == "swapper" || ours.iter().any(|o| o == comm)
+            })
+            .collect();
         let title = format!(
             "The ramp's CPU, all cores: {} → {} of {} connections open ({seconds:.1} s)",
             thousands(from_open),
             thousands(self.last_open),
             thousands(self.conns as u64)
         );
-        let svg = draw(&folded, &title)?;
+        let others_percent = 100.0 - percent(total_count(&folded), total);
+        let svg = draw(&folded, &title, others_percent)?;
         if let Some(dir) = self.svg.parent() {
             fs::create_dir_all(dir)
                 .map_err(|e| TaskError::Failed(format!("creating {}: {e}", dir.display())))?;
@@ -179,6 +209,10 @@ impl RampProfiler {
         summary.from_open = from_open;
         summary.to_open = self.last_open;
         summary.seconds = seconds;
+        // perf's cpu-clock samples carry their period in nanoseconds, and
+        // inferno counts by period.
+        summary.cpu_seconds = total as f64 / 1e9;
+        summary.others_percent = others_percent;
         summary.svg = relative(&self.svg);
         summary.date_utc = crate::clock::now_utc();
         Ok(Some(summary))
@@ -187,7 +221,7 @@ impl RampProfiler {
 
 impl Drop for RampProfiler {
     fn drop(&mut self) {
-        if let Some((mut child, _, _)) = self.perf.take() {
+        if let Some(mut child) = self.perf.take() {
             let _ = child.kill();
             let _ = child.wait();
             let _ = fs::remove_file(&self.data);
@@ -216,19 +250,29 @@ fn fold(script: &[u8]) -> Result<Vec<String>, TaskError> {
         .collect())
 }
 
+/// The sum of folded stacks' counts.
+fn total_count(folded: &[String]) -> u64 {
+    folded
+        .iter()
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum()
+}
+
 /// The flamegraph SVG, with colours from the function names (the same
 /// stacks draw the same picture).
-fn draw(folded: &[String], title: &str) -> Result<Vec<u8>, TaskError> {
+fn draw(folded: &[String], title: &str, others_percent: f64) -> Result<Vec<u8>, TaskError> {
     let mut options = inferno::flamegraph::Options::default();
     options.title = title.to_string();
-    options.subtitle = Some(
-        "perf record -a -g -e cpu-clock; kernel frames end in _[k]; width is CPU time".to_string(),
-    );
+    options.subtitle = Some(format!(
+        "perf record -a -g -e cpu-clock; kernel frames end in _[k]; width is CPU time; \
+         this run's processes and idle only ({others_percent:.0}% of the cores' time went to \
+         other processes)"
+    ));
     options.deterministic = true;
     options.hash = true;
     options.colors =
         inferno::flamegraph::color::Palette::Basic(inferno::flamegraph::color::BasicPalette::Aqua);
-    options.count_name = "samples".to_string();
+    options.count_name = "ns".to_string();
     options.min_width = 0.2;
     let mut svg = Vec::new();
     inferno::flamegraph::from_lines(&mut options, folded.iter().map(String::as_str), &mut svg)
@@ -266,7 +310,6 @@ fn summarise(folded: &[String]) -> RampFlamegraph {
             .or_insert(0) += count;
     }
     RampFlamegraph {
-        samples: total,
         kernel_percent: percent(kernel, total),
         processes: ranked(processes, total),
         syscalls: ranked(syscalls, total),
@@ -395,13 +438,15 @@ fn render(runs: &[RampFlamegraph]) -> String {
     for run in runs {
         let _ = writeln!(
             out,
-            "`cargo xtask million --conns {} --record-flamegraph`: {} → {} connections open, \
-             {:.1} s, {} samples on all cores, {:.0}% of them in the kernel (run on {}).\n",
+            "`cargo xtask million --conns {} --record-flamegraph`: {} → {} connections open in \
+             {:.1} s; {:.1} s of CPU sampled on all cores, {:.0}% of it in other processes (left \
+             out); of this run's, {:.0}% in the kernel (run on {}).\n",
             run.conns,
             thousands(run.from_open),
             thousands(run.to_open),
             run.seconds,
-            thousands(run.samples),
+            run.cpu_seconds,
+            run.others_percent,
             run.kernel_percent,
             run.date_utc
         );
@@ -483,7 +528,7 @@ mod tests {
         .map(ToString::to_string)
         .collect();
         let s = summarise(&folded);
-        assert_eq!(s.samples, 10);
+        assert_eq!(total_count(&folded), 10);
         assert!((s.kernel_percent - 100.0).abs() < 1e-9);
         assert_eq!(s.syscalls[0].name, "connect");
         assert!((s.syscalls[0].percent - 80.0).abs() < 1e-9);

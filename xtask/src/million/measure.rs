@@ -184,12 +184,13 @@ impl Run<'_> {
         if args.pin {
             command.arg(format!("--cpu={LOADGEN_CORE}"));
         }
+        let mut flamegraph = RampProfiler::new(n, args.profile_from(), args.flamegraph_svg());
+        flamegraph.start()?;
         let mut hold = Helper::spawn(&mut command, false)?;
         self.guard.watch(hold.group());
         let ramp_started = Instant::now();
         let cpu_at_start = cpu_ticks();
         let mut bar = RampProgress::new(n as u64);
-        let mut flamegraph = RampProfiler::new(n, args.profile_from(), args.flamegraph_svg());
         let (mut last_gain, mut last_open) = (Instant::now(), 0u64);
         loop {
             self.guard.check()?;
@@ -228,7 +229,7 @@ impl Run<'_> {
         let held_at = Instant::now();
         report.server_saw_all_seconds = ramp_started.elapsed().as_secs_f64();
         report.ramp_phases = phases(&report.ramp_samples, n as u64);
-        report.flamegraph = flamegraph.finish()?;
+        report.flamegraph = flamegraph.finish(&run_threads(server))?;
         report.loadgen_plan = hold
             .stderr_lines()
             .into_iter()
@@ -470,6 +471,26 @@ impl Run<'_> {
             ok: report.ok,
         })
     }
+}
+
+/// The thread names (perf's `comm`) of this run's processes: the server's
+/// tree and loadgen's.
+fn run_threads(server: &ServerProcess) -> Vec<String> {
+    let mut names = vec!["loadgen".to_string()];
+    for pid in server.process_tree() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            if let Ok(comm) = std::fs::read_to_string(task.path().join("comm")) {
+                let comm = comm.trim().to_string();
+                if !names.contains(&comm) {
+                    names.push(comm);
+                }
+            }
+        }
+    }
+    names
 }
 
 /// The server binary as the report records it: relative to the workspace

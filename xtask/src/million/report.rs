@@ -395,12 +395,13 @@ fn report_text(r: &Report) -> String {
         };
         let _ = writeln!(
             out,
-            "  profile of the ramp from {} to {} open ({:.1} s, {} samples, {:.0}% kernel): {}\n    \
-             by system call: {}\n    by function: {}",
+            "  profile of the ramp from {} to {} open ({:.1} s; other processes {:.0}% of the CPU, \
+             left out; {:.0}% of the rest in the kernel): {}\n    by system call: {}\n    \
+             by function: {}",
             f.from_open,
             f.to_open,
             f.seconds,
-            f.samples,
+            f.others_percent,
             f.kernel_percent,
             f.svg,
             top(&f.syscalls),
