@@ -16,7 +16,7 @@ use super::flamegraph::RampProfiler;
 use super::host::{HostSnapshot, MemoryGuard, all_cores, cpu_between, cpu_ticks};
 use super::procs::{Helper, ServerGuard};
 use super::ramp::{OpenCounter, RampProgress, server_said};
-use super::ramp_profile::{RampSample, phases};
+use super::ramp_profile::{HandshakeCounters, RampSample, phases};
 use super::report::{
     KernelPerConn, Probe, Report, host_returned, probe_line, targets, time_wait_drained,
 };
@@ -190,6 +190,7 @@ impl Run<'_> {
         self.guard.watch(hold.group());
         let ramp_started = Instant::now();
         let cpu_at_start = cpu_ticks();
+        let handshakes_at_start = HandshakeCounters::read();
         let mut bar = RampProgress::new(n as u64);
         let (mut last_gain, mut last_open) = (Instant::now(), 0u64);
         loop {
@@ -229,6 +230,7 @@ impl Run<'_> {
         let held_at = Instant::now();
         report.server_saw_all_seconds = ramp_started.elapsed().as_secs_f64();
         report.ramp_phases = phases(&report.ramp_samples, n as u64);
+        report.ramp_handshakes = handshakes_at_start.until(&HandshakeCounters::read());
         report.flamegraph = flamegraph.finish(&run_threads(server))?;
         report.loadgen_plan = hold
             .stderr_lines()

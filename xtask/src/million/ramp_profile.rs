@@ -111,6 +111,62 @@ pub(super) fn rates(samples: &[RampSample], window: f64) -> Vec<(f64, f64)> {
     out
 }
 
+/// TCP's own counters of what went wrong in a handshake (`/proc/net/netstat`,
+/// TcpExt), host-wide: a SYN or final ACK the listener dropped because its
+/// accept queue was full is retried by the client only after a second (then
+/// 3 s, 7 s, …), which no amount of CPU wins back.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub(super) struct HandshakeCounters {
+    /// Accept queue full when a handshake completed (`ListenOverflows`).
+    pub(super) listen_overflows: u64,
+    /// SYNs and ACKs a listener dropped, overflows included (`ListenDrops`).
+    pub(super) listen_drops: u64,
+    /// SYNs sent again after no answer (`TCPSynRetrans`).
+    pub(super) syn_retransmits: u64,
+    /// SYN queue full: answered with a cookie (`TCPReqQFullDoCookies`).
+    pub(super) syn_queue_full_cookies: u64,
+}
+
+impl HandshakeCounters {
+    pub(super) fn read() -> HandshakeCounters {
+        let text = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+        HandshakeCounters::parse(&text)
+    }
+
+    /// The TcpExt lines: one of names, then one of values.
+    fn parse(netstat: &str) -> HandshakeCounters {
+        let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+        let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+            return HandshakeCounters::default();
+        };
+        let get = |name: &str| {
+            names
+                .split_whitespace()
+                .zip(values.split_whitespace())
+                .find_map(|(n, v)| (n == name).then(|| v.parse().ok())?)
+                .unwrap_or(0)
+        };
+        HandshakeCounters {
+            listen_overflows: get("ListenOverflows"),
+            listen_drops: get("ListenDrops"),
+            syn_retransmits: get("TCPSynRetrans"),
+            syn_queue_full_cookies: get("TCPReqQFullDoCookies"),
+        }
+    }
+
+    /// What happened between `self` (before) and `after`.
+    pub(super) fn until(&self, after: &HandshakeCounters) -> HandshakeCounters {
+        HandshakeCounters {
+            listen_overflows: after.listen_overflows.saturating_sub(self.listen_overflows),
+            listen_drops: after.listen_drops.saturating_sub(self.listen_drops),
+            syn_retransmits: after.syn_retransmits.saturating_sub(self.syn_retransmits),
+            syn_queue_full_cookies: after
+                .syn_queue_full_cookies
+                .saturating_sub(self.syn_queue_full_cookies),
+        }
+    }
+}
+
 /// The ramp as an SVG: connections open against seconds, and the rate.
 pub(super) fn plot(samples: &[RampSample], caption: &str) -> Result<String, String> {
     let open: Vec<(f64, f64)> = samples.iter().map(|s| (s.seconds, s.open as f64)).collect();
@@ -158,6 +214,23 @@ mod tests {
         let samples = [sample(0.0, 0, 0), sample(1.0, 150, 50)];
         assert_eq!(phases(&samples, 400).len(), 1);
         assert!(phases(&[], 400).is_empty());
+    }
+
+    #[test]
+    fn handshake_counters_come_from_the_tcpext_lines() {
+        let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops TCPSynRetrans\n\
+                    TcpExt: 1 20 25 30\n\
+                    IpExt: InNoRoutes\nIpExt: 0\n";
+        let before = HandshakeCounters::parse(text);
+        assert_eq!(before.listen_overflows, 20);
+        assert_eq!(before.syn_retransmits, 30);
+        assert_eq!(before.syn_queue_full_cookies, 0);
+        let after = HandshakeCounters {
+            listen_overflows: 25,
+            ..before
+        };
+        assert_eq!(before.until(&after).listen_overflows, 5);
+        assert_eq!(before.until(&after).listen_drops, 0);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::flamegraph::RampFlamegraph;
 use super::host::{CoreTime, HostSnapshot};
-use super::ramp_profile::{RampPhase, RampSample};
+use super::ramp_profile::{HandshakeCounters, RampPhase, RampSample};
 use super::{
     FILE_HANDLE_SLACK, KERNEL_RETURN_SHARE, KERNEL_RETURN_SLACK, TARGET_CONNS,
     TARGET_ESTABLISH_SECONDS, TARGET_P99_RATIO, TARGET_USER_BYTES_PER_CONN, TIME_WAIT_SLACK,
@@ -52,6 +52,10 @@ pub(super) struct Report {
     /// The ramp in quarters of the connections: time, rate, CPU split.
     #[serde(default)]
     pub(super) ramp_phases: Vec<RampPhase>,
+    /// Handshakes the host's listeners dropped during the ramp, and SYNs
+    /// sent again (host-wide counters).
+    #[serde(default)]
+    pub(super) ramp_handshakes: HandshakeCounters,
     /// `--flamegraph`: what the system-wide profile of the ramp showed.
     #[serde(default)]
     pub(super) flamegraph: Option<RampFlamegraph>,
@@ -383,6 +387,15 @@ fn report_text(r: &Report) -> String {
                 p.idle
             );
         }
+    }
+    if !r.ramp_samples.is_empty() {
+        let h = &r.ramp_handshakes;
+        let _ = writeln!(
+            out,
+            "  handshakes during the ramp (host-wide): accept queue full {} times, {} SYNs or \
+             ACKs dropped by listeners, {} SYNs sent again, {} SYN-queue-full cookies",
+            h.listen_overflows, h.listen_drops, h.syn_retransmits, h.syn_queue_full_cookies
+        );
     }
     if let Some(f) = &r.flamegraph {
         let top = |shares: &[super::flamegraph::Share]| {
