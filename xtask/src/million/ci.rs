@@ -36,6 +36,7 @@ pub fn run_scaled_for_ci() -> TaskResult {
         min_available_gib: 3.0,
         flamegraph: false,
         record_flamegraph: false,
+        record_experiment: None,
         flamegraph_from: 0.5,
     })
 }

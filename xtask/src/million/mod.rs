@@ -16,6 +16,7 @@
 //! ramp is [`ramp`].
 
 mod ci;
+mod experiments;
 mod flamegraph;
 mod host;
 mod measure;
@@ -104,6 +105,12 @@ pub struct MillionArgs {
     /// connection counts recorded.
     #[arg(long)]
     record_flamegraph: bool,
+    /// Keep this run's ramp figures in the book under LABEL (e.g.
+    /// `somaxconn=65535`), beside the other runs recorded: run A, B, A, B
+    /// on the same host and compare. With --record-from, an earlier run's
+    /// report is recorded this way instead.
+    #[arg(long, value_name = "LABEL")]
+    record_experiment: Option<String>,
     /// Start the profile once the server counts this share of the
     /// connections open (it stops when the last one arrives).
     #[arg(long, default_value_t = 0.5, value_name = "FRACTION", value_parser = parse_fraction)]
@@ -191,7 +198,12 @@ pub fn run(args: &MillionArgs) -> TaskResult {
         let report: Report = serde_json::from_str(&json).map_err(|e| {
             TaskError::Usage(format!("{} is not a million report: {e}", path.display()))
         })?;
-        return record(&report);
+        return match &args.record_experiment {
+            Some(label) => {
+                experiments::record(experiments::ExperimentRun::from_report(label, &report))
+            }
+            None => record(&report),
+        };
     }
     if args.conns == 0 || args.active == 0 {
         return Err(TaskError::Usage(
@@ -237,6 +249,9 @@ pub fn run(args: &MillionArgs) -> TaskResult {
     }
     if let (true, Some(profile)) = (args.record_flamegraph, &report.flamegraph) {
         flamegraph::record(profile)?;
+    }
+    if let Some(label) = &args.record_experiment {
+        experiments::record(experiments::ExperimentRun::from_report(label, &report))?;
     }
     let failed: Vec<&str> = report
         .targets

@@ -506,6 +506,7 @@ pub fn check_recorded() -> TaskResult {
     let page = fs::read_to_string(recorded_page()).unwrap_or_default();
     let plot = fs::read_to_string(recorded_plot()).unwrap_or_default();
     super::flamegraph::check_recorded()?;
+    super::experiments::check_recorded()?;
     if page == render_page(&report)
         && (report.ramp_samples.is_empty() || plot == render_plot(&report)?)
     {
