@@ -37,6 +37,7 @@ pub fn run_scaled_for_ci() -> TaskResult {
         flamegraph: false,
         record_flamegraph: false,
         record_experiment: None,
+        render: false,
         flamegraph_from: 0.5,
     })
 }

@@ -399,6 +399,16 @@ pub(super) fn record(run: &RampFlamegraph) -> Result<(), TaskError> {
     Ok(())
 }
 
+/// Re-renders the page from the recorded windows.
+pub(super) fn render_recorded() -> Result<(), TaskError> {
+    let runs = read_recorded()?;
+    if !runs.is_empty() {
+        fs::write(recorded_page(), render(&runs))
+            .map_err(|e| TaskError::Failed(format!("writing the flamegraphs page: {e}")))?;
+    }
+    Ok(())
+}
+
 /// For `cargo xtask test`: the page is what the recorded windows render to.
 pub(super) fn check_recorded() -> Result<(), TaskError> {
     let runs = read_recorded()?;

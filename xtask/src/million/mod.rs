@@ -105,6 +105,10 @@ pub struct MillionArgs {
     /// connection counts recorded.
     #[arg(long)]
     record_flamegraph: bool,
+    /// Only re-render the book's million pages (the recorded run, its plot,
+    /// the flamegraphs' and the experiments' tables) from their JSON.
+    #[arg(long, conflicts_with_all = ["record", "record_from"])]
+    render: bool,
     /// Keep this run's ramp figures in the book under LABEL (e.g.
     /// `somaxconn=65535`), beside the other runs recorded: run A, B, A, B
     /// on the same host and compare. With --record-from, an earlier run's
@@ -192,6 +196,15 @@ const SERVER_CORE: usize = 0;
 const LOADGEN_CORE: usize = 1;
 
 pub fn run(args: &MillionArgs) -> TaskResult {
+    if args.render {
+        let json = fs::read_to_string(report::recorded_json())
+            .map_err(|e| TaskError::Failed(format!("reading the recorded run: {e}")))?;
+        let report: Report = serde_json::from_str(&json)
+            .map_err(|e| TaskError::Failed(format!("the recorded run: {e}")))?;
+        record(&report)?;
+        flamegraph::render_recorded()?;
+        return experiments::render_recorded();
+    }
     if let Some(path) = &args.record_from {
         let json = fs::read_to_string(path)
             .map_err(|e| TaskError::Usage(format!("reading {}: {e}", path.display())))?;

@@ -433,7 +433,7 @@ fn report_text(r: &Report) -> String {
 
 // ANCHOR: record
 /// Where `--record` keeps the run the book shows.
-fn recorded_json() -> PathBuf {
+pub(super) fn recorded_json() -> PathBuf {
     workspace_root().join("book/src/results/million.json")
 }
 
@@ -482,11 +482,14 @@ fn render_page(r: &Report) -> String {
 pub(super) fn record(r: &Report) -> TaskResult {
     let json = serde_json::to_string_pretty(r)
         .map_err(|e| TaskError::Failed(format!("encoding the report: {e}")))?;
-    for (path, text) in [
+    let mut files = vec![
         (recorded_json(), json + "\n"),
         (recorded_page(), render_page(r)),
-        (recorded_plot(), render_plot(r)?),
-    ] {
+    ];
+    if !r.ramp_samples.is_empty() {
+        files.push((recorded_plot(), render_plot(r)?));
+    }
+    for (path, text) in files {
         fs::write(&path, text)
             .map_err(|e| TaskError::Failed(format!("writing {}: {e}", path.display())))?;
         eprintln!("recorded in {}", path.display());
