@@ -38,6 +38,7 @@ pub fn run_scaled_for_ci() -> TaskResult {
         record_flamegraph: false,
         record_experiment: None,
         render: false,
+        check: false,
         flamegraph_from: 0.5,
     })
 }

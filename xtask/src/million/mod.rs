@@ -109,6 +109,10 @@ pub struct MillionArgs {
     /// the flamegraphs' and the experiments' tables) from their JSON.
     #[arg(long, conflicts_with_all = ["record", "record_from"])]
     render: bool,
+    /// Only check that the book's million pages are what their JSON
+    /// renders to (as `cargo xtask test` does).
+    #[arg(long, conflicts_with_all = ["record", "record_from", "render"])]
+    check: bool,
     /// Keep this run's ramp figures in the book under LABEL (e.g.
     /// `somaxconn=65535`), beside the other runs recorded: run A, B, A, B
     /// on the same host and compare. With --record-from, an earlier run's
@@ -196,6 +200,9 @@ const SERVER_CORE: usize = 0;
 const LOADGEN_CORE: usize = 1;
 
 pub fn run(args: &MillionArgs) -> TaskResult {
+    if args.check {
+        return check_recorded();
+    }
     if args.render {
         let json = fs::read_to_string(report::recorded_json())
             .map_err(|e| TaskError::Failed(format!("reading the recorded run: {e}")))?;
