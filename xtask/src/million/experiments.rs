@@ -30,6 +30,9 @@ pub(super) struct ExperimentRun {
     pub(super) kernel_percent: f64,
     pub(super) p99_ratio: Option<f64>,
     pub(super) all_answered: bool,
+    /// perf was recording the ramp (`--flamegraph`), which costs CPU.
+    #[serde(default)]
+    pub(super) profiled: bool,
 }
 
 impl ExperimentRun {
@@ -48,6 +51,7 @@ impl ExperimentRun {
             all_answered: r.hold_ok
                 && r.connections_lost == 0
                 && r.connections_answered >= r.conns as u64,
+            profiled: r.flamegraph.is_some(),
         }
     }
 }
@@ -130,11 +134,14 @@ fn render(runs: &[ExperimentRun]) -> String {
         out,
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
     );
-    for r in runs {
+    let mut in_order: Vec<&ExperimentRun> = runs.iter().collect();
+    in_order.sort_by(|a, b| a.date_utc.cmp(&b.date_utc));
+    for r in in_order {
         let _ = writeln!(
             out,
-            "| {} | `{}` | {} | {:.1} s ({}/s) | {:.1} s | {} | {} | {:.0}% / {:.0}% | {} | {} |",
+            "| {}{} | `{}` | {} | {:.1} s ({}/s) | {:.1} s | {} | {} | {:.0}% / {:.0}% | {} | {} |",
             r.date_utc,
+            if r.profiled { " (perf recording)" } else { "" },
             r.label,
             thousands(r.conns as u64),
             r.establish_seconds,
@@ -211,6 +218,7 @@ mod tests {
             kernel_percent: 90.0,
             p99_ratio: None,
             all_answered: true,
+            profiled: false,
         }
     }
 
