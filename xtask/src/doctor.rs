@@ -40,6 +40,10 @@ const USER_BYTES_PER_CONNECTION: u64 = 2_000;
 /// (thousands of connects in flight), and a dropped SYN waits 1 s to retry.
 const BACKLOG_NEEDED: u64 = 4096;
 
+/// Sockets per established-hash bucket above which every handshake
+/// segment walks a long chain (a lookup per segment, both ends here).
+const EHASH_SOCKETS_PER_BUCKET: u64 = 4;
+
 /// Descriptors for everything else on the host (shells, daemons, cargo).
 const SYSTEM_FD_SLACK: u64 = 65_536;
 
@@ -62,6 +66,10 @@ pub struct HostFacts {
     pub port_range: (u64, u64),
     pub somaxconn: u64,
     pub tcp_max_syn_backlog: u64,
+    /// Buckets of this network namespace's established-connection hash
+    /// (`net.ipv4.tcp_ehash_entries`; negative there when shared with the
+    /// host's, which is the default); `None` before Linux 6.1.
+    pub ehash_buckets: Option<u64>,
     /// `None`: the nf_conntrack module is not loaded.
     pub conntrack: Option<Conntrack>,
     /// `net.ipv4.tcp_mem`: min, pressure, max, in pages.
@@ -310,6 +318,34 @@ pub fn checks(host: &HostFacts, conns: u64) -> Vec<Check> {
         });
     }
 
+    // The established hash: every segment of every handshake looks its
+    // socket up there, walking a chain as long as sockets per bucket.
+    if let Some(buckets) = host.ehash_buckets {
+        let sockets = 2 * conns;
+        let wanted = (sockets / EHASH_SOCKETS_PER_BUCKET).next_power_of_two();
+        let row = Check::new(
+            "tcp_ehash_entries",
+            format!("{buckets} buckets"),
+            format!("{wanted} for {sockets} sockets (<= {EHASH_SOCKETS_PER_BUCKET} a bucket)"),
+            Status::Ok,
+        );
+        rows.push(if buckets >= wanted {
+            row
+        } else {
+            Check {
+                status: Status::Warn,
+                ..row
+            }
+            .note(format!(
+                "chains of {} sockets a bucket, walked on every handshake segment; sized at \
+                 boot (thash_entries=) for the host, or per network namespace: set \
+                 net.ipv4.tcp_child_ehash_entries={wanted}, then run in a new one (`unshare -n`, \
+                 `ip link set lo up`), Linux 6.1+",
+                sockets.div_ceil(buckets.max(1))
+            ))
+        });
+    }
+
     // Connection tracking: one entry per connection (both directions).
     let conntrack_needed = conns + SYSTEM_FD_SLACK;
     rows.push(match host.conntrack {
@@ -541,6 +577,10 @@ impl HostFacts {
             },
             somaxconn: number(&sysctl_read("net.core.somaxconn")?)?,
             tcp_max_syn_backlog: number(&sysctl_read("net.ipv4.tcp_max_syn_backlog")?)?,
+            ehash_buckets: sysctl_read("net.ipv4.tcp_ehash_entries")
+                .ok()
+                .and_then(|text| text.trim().parse::<i64>().ok())
+                .map(i64::unsigned_abs),
             conntrack,
             tcp_mem: match tcp_mem[..] {
                 [a, b, c] => (a, b, c),
@@ -692,6 +732,7 @@ mod tests {
             port_range: (32768, 60999),
             somaxconn: 4096,
             tcp_max_syn_backlog: 2048,
+            ehash_buckets: Some(262_144),
             conntrack: Some(Conntrack {
                 max: 262_144,
                 count: 0,
@@ -754,6 +795,7 @@ mod tests {
             port_range: (1024, 65535),
             somaxconn: 65_535,
             tcp_max_syn_backlog: 65_535,
+            ehash_buckets: Some(1 << 19),
             conntrack: None,
             tcp_mem: (1_000_000, 1_500_000, 2_000_000),
             pid_max: 4_194_304,
@@ -762,6 +804,30 @@ mod tests {
         let rows = checks(&host, 1_000_000);
         let not_ok: Vec<_> = rows.iter().filter(|r| r.status != Status::Ok).collect();
         assert!(not_ok.is_empty(), "{not_ok:#?}");
+    }
+
+    #[test]
+    fn a_small_established_hash_is_named_with_the_namespace_remedy() {
+        let rows = checks(&this_vm(), 1_000_000);
+        let ehash = row(&rows, "tcp_ehash_entries");
+        assert_eq!(ehash.status, Status::Warn);
+        assert!(ehash.needed.starts_with("524288"), "{ehash:?}");
+        assert!(
+            ehash
+                .note
+                .as_deref()
+                .is_some_and(|n| n.contains("chains of 8"))
+        );
+        assert!(
+            ehash
+                .note
+                .as_deref()
+                .is_some_and(|n| n.contains("unshare -n"))
+        );
+        assert_eq!(
+            row(&checks(&this_vm(), 50_000), "tcp_ehash_entries").status,
+            Status::Ok
+        );
     }
 
     #[test]

@@ -34,5 +34,11 @@ pub fn run_scaled_for_ci() -> TaskResult {
         record: false,
         record_from: None,
         min_available_gib: 3.0,
+        flamegraph: false,
+        record_flamegraph: false,
+        record_experiment: None,
+        render: false,
+        check: false,
+        flamegraph_from: 0.5,
     })
 }

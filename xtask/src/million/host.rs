@@ -28,6 +28,14 @@ pub(super) fn cpu_ticks() -> Vec<(String, CoreTicks)> {
     loadgen::cpu::all_core_ticks()
 }
 
+/// All cores together (`/proc/stat`'s `cpu` line) from a [`cpu_ticks`].
+pub(super) fn all_cores(ticks: &[(String, CoreTicks)]) -> CoreTicks {
+    ticks
+        .iter()
+        .find_map(|(name, t)| (name == "cpu").then_some(*t))
+        .unwrap_or_default()
+}
+
 /// Where each core's time went between two [`cpu_ticks`] readings.
 pub(super) fn cpu_between(
     before: &[(String, CoreTicks)],

@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 use loadgen::report::{EchoReport, HoldReport};
 use loadgen::server::ServerProcess;
 
-use super::host::{HostSnapshot, MemoryGuard, cpu_between, cpu_ticks};
+use super::flamegraph::RampProfiler;
+use super::host::{HostSnapshot, MemoryGuard, all_cores, cpu_between, cpu_ticks};
 use super::procs::{Helper, ServerGuard};
 use super::ramp::{OpenCounter, RampProgress, server_said};
+use super::ramp_profile::{HandshakeCounters, RampSample, phases};
 use super::report::{
     KernelPerConn, Probe, Report, host_returned, probe_line, targets, time_wait_drained,
 };
@@ -182,21 +184,24 @@ impl Run<'_> {
         if args.pin {
             command.arg(format!("--cpu={LOADGEN_CORE}"));
         }
+        let mut flamegraph = RampProfiler::new(n, args.profile_from(), args.flamegraph_svg());
+        flamegraph.start()?;
         let mut hold = Helper::spawn(&mut command, false)?;
         self.guard.watch(hold.group());
         let ramp_started = Instant::now();
         let cpu_at_start = cpu_ticks();
+        let handshakes_at_start = HandshakeCounters::read();
         let mut bar = RampProgress::new(n as u64);
-        let (mut last_gain, mut last_open, mut next_sample) = (Instant::now(), 0u64, 0.0);
+        let (mut last_gain, mut last_open) = (Instant::now(), 0u64);
         loop {
             self.guard.check()?;
             let open = counter.open(server)?;
             let elapsed = ramp_started.elapsed().as_secs_f64();
             self.report.server_peak_open = self.report.server_peak_open.max(open);
-            if elapsed >= next_sample {
-                self.report.ramp_timeline.push((elapsed, open));
-                next_sample += 1.0;
-            }
+            self.report
+                .ramp_samples
+                .push(RampSample::new(elapsed, open, all_cores(&cpu_ticks())));
+            flamegraph.poll(open, n as u64);
             bar.show(open, elapsed, open as f64 / elapsed.max(0.001));
             if open >= n as u64 {
                 break;
@@ -224,9 +229,9 @@ impl Run<'_> {
         report.ramp_cpu = cpu_between(&cpu_at_start, &cpu_ticks());
         let held_at = Instant::now();
         report.server_saw_all_seconds = ramp_started.elapsed().as_secs_f64();
-        report
-            .ramp_timeline
-            .push((report.server_saw_all_seconds, n as u64));
+        report.ramp_phases = phases(&report.ramp_samples, n as u64);
+        report.ramp_handshakes = handshakes_at_start.until(&HandshakeCounters::read());
+        report.flamegraph = flamegraph.finish(&run_threads(server))?;
         report.loadgen_plan = hold
             .stderr_lines()
             .into_iter()
@@ -468,6 +473,26 @@ impl Run<'_> {
             ok: report.ok,
         })
     }
+}
+
+/// The thread names (perf's `comm`) of this run's processes: the server's
+/// tree and loadgen's.
+fn run_threads(server: &ServerProcess) -> Vec<String> {
+    let mut names = vec!["loadgen".to_string()];
+    for pid in server.process_tree() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            if let Ok(comm) = std::fs::read_to_string(task.path().join("comm")) {
+                let comm = comm.trim().to_string();
+                if !names.contains(&comm) {
+                    names.push(comm);
+                }
+            }
+        }
+    }
+    names
 }
 
 /// The server binary as the report records it: relative to the workspace

@@ -16,10 +16,13 @@
 //! ramp is [`ramp`].
 
 mod ci;
+mod experiments;
+mod flamegraph;
 mod host;
 mod measure;
 mod procs;
 mod ramp;
+mod ramp_profile;
 mod report;
 
 use std::fs;
@@ -93,6 +96,58 @@ pub struct MillionArgs {
     /// Stop everything if MemAvailable falls below this many GiB.
     #[arg(long, default_value_t = 3.0, value_name = "GIB")]
     min_available_gib: f64,
+    /// Profile the ramp system-wide (`perf record -a -g -e cpu-clock`, root)
+    /// and draw a flamegraph into target/million-ramp-N.svg.
+    #[arg(long)]
+    flamegraph: bool,
+    /// Profile the ramp as --flamegraph does and record it in the book:
+    /// book/src/img/ramp-flamegraph-N.svg and its tables, beside the other
+    /// connection counts recorded.
+    #[arg(long)]
+    record_flamegraph: bool,
+    /// Only re-render the book's million pages (the recorded run, its plot,
+    /// the flamegraphs' and the experiments' tables) from their JSON.
+    #[arg(long, conflicts_with_all = ["record", "record_from"])]
+    render: bool,
+    /// Only check that the book's million pages are what their JSON
+    /// renders to (as `cargo xtask test` does).
+    #[arg(long, conflicts_with_all = ["record", "record_from", "render"])]
+    check: bool,
+    /// Keep this run's ramp figures in the book under LABEL (e.g.
+    /// `somaxconn=65535`), beside the other runs recorded: run A, B, A, B
+    /// on the same host and compare. With --record-from, an earlier run's
+    /// report is recorded this way instead.
+    #[arg(long, value_name = "LABEL")]
+    record_experiment: Option<String>,
+    /// Start the profile once the server counts this share of the
+    /// connections open (it stops when the last one arrives).
+    #[arg(long, default_value_t = 0.5, value_name = "FRACTION", value_parser = parse_fraction)]
+    flamegraph_from: f64,
+}
+
+fn parse_fraction(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(f) if (0.0..1.0).contains(&f) => Ok(f),
+        _ => Err("expected a share of the connections, at least 0 and below 1".to_string()),
+    }
+}
+
+impl MillionArgs {
+    /// From which share of the ramp to profile it; None: no profile.
+    fn profile_from(&self) -> Option<f64> {
+        (self.flamegraph || self.record_flamegraph).then_some(self.flamegraph_from)
+    }
+
+    /// Where the ramp's flamegraph goes.
+    fn flamegraph_svg(&self) -> PathBuf {
+        if self.record_flamegraph {
+            flamegraph::book_svg(self.conns)
+        } else {
+            c1m_benches::release_dir()
+                .join("..")
+                .join(format!("million-ramp-{}.svg", self.conns))
+        }
+    }
 }
 
 fn parse_procs(text: &str) -> Result<String, String> {
@@ -145,13 +200,30 @@ const SERVER_CORE: usize = 0;
 const LOADGEN_CORE: usize = 1;
 
 pub fn run(args: &MillionArgs) -> TaskResult {
+    if args.check {
+        return check_recorded();
+    }
+    if args.render {
+        let json = fs::read_to_string(report::recorded_json())
+            .map_err(|e| TaskError::Failed(format!("reading the recorded run: {e}")))?;
+        let report: Report = serde_json::from_str(&json)
+            .map_err(|e| TaskError::Failed(format!("the recorded run: {e}")))?;
+        record(&report)?;
+        flamegraph::render_recorded()?;
+        return experiments::render_recorded();
+    }
     if let Some(path) = &args.record_from {
         let json = fs::read_to_string(path)
             .map_err(|e| TaskError::Usage(format!("reading {}: {e}", path.display())))?;
         let report: Report = serde_json::from_str(&json).map_err(|e| {
             TaskError::Usage(format!("{} is not a million report: {e}", path.display()))
         })?;
-        return record(&report);
+        return match &args.record_experiment {
+            Some(label) => {
+                experiments::record(experiments::ExperimentRun::from_report(label, &report))
+            }
+            None => record(&report),
+        };
     }
     if args.conns == 0 || args.active == 0 {
         return Err(TaskError::Usage(
@@ -180,6 +252,7 @@ pub fn run(args: &MillionArgs) -> TaskResult {
             )));
         }
     }
+    flamegraph::RampProfiler::check_host(args.profile_from())?;
     step("build");
     let binaries = build(&args.server)?;
     let report = measure::measure(args, hold_seconds, &binaries)?;
@@ -193,6 +266,12 @@ pub fn run(args: &MillionArgs) -> TaskResult {
     }
     if args.record {
         record(&report)?;
+    }
+    if let (true, Some(profile)) = (args.record_flamegraph, &report.flamegraph) {
+        flamegraph::record(profile)?;
+    }
+    if let Some(label) = &args.record_experiment {
+        experiments::record(experiments::ExperimentRun::from_report(label, &report))?;
     }
     let failed: Vec<&str> = report
         .targets

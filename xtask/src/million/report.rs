@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use loadgen::report::{ErrorCounts, Latency};
 use serde::{Deserialize, Serialize};
 
+use super::flamegraph::RampFlamegraph;
 use super::host::{CoreTime, HostSnapshot};
+use super::ramp_profile::{HandshakeCounters, RampPhase, RampSample};
 use super::{
     FILE_HANDLE_SLACK, KERNEL_RETURN_SHARE, KERNEL_RETURN_SLACK, TARGET_CONNS,
     TARGET_ESTABLISH_SECONDS, TARGET_P99_RATIO, TARGET_USER_BYTES_PER_CONN, TIME_WAIT_SLACK,
@@ -43,8 +45,20 @@ pub(super) struct Report {
     pub(super) connections_lost: u64,
     pub(super) hold_errors: ErrorCounts,
     pub(super) hold_ok: bool,
-    /// Server open count once a second during the ramp: (seconds, open).
-    pub(super) ramp_timeline: Vec<(f64, u64)>,
+    /// The server's open count and the host's CPU ticks every 250 ms of
+    /// the ramp.
+    #[serde(default)]
+    pub(super) ramp_samples: Vec<RampSample>,
+    /// The ramp in quarters of the connections: time, rate, CPU split.
+    #[serde(default)]
+    pub(super) ramp_phases: Vec<RampPhase>,
+    /// Handshakes the host's listeners dropped during the ramp, and SYNs
+    /// sent again (host-wide counters).
+    #[serde(default)]
+    pub(super) ramp_handshakes: HandshakeCounters,
+    /// `--flamegraph`: what the system-wide profile of the ramp showed.
+    #[serde(default)]
+    pub(super) flamegraph: Option<RampFlamegraph>,
     /// Where the CPU time went during the ramp, per core (`/proc/stat`).
     pub(super) ramp_cpu: Vec<CoreTime>,
     pub(super) rtt_no_idle: Option<Probe>,
@@ -353,6 +367,60 @@ fn report_text(r: &Report) -> String {
         r.conns,
         r.lowest_mem_available as f64 / 1073741824.0
     );
+    if !r.ramp_phases.is_empty() {
+        let _ = writeln!(
+            out,
+            "  the ramp by quarters (connections the server counted; CPU of all cores):"
+        );
+        for p in &r.ramp_phases {
+            let _ = writeln!(
+                out,
+                "    {:>9} -> {:>9} open in {:5.1} s, {:>7.0}/s: user {:2.0}%, system {:2.0}%, \
+                 softirq {:2.0}%, idle {:2.0}%",
+                p.from_open,
+                p.to_open,
+                p.seconds,
+                p.conns_per_sec,
+                p.user,
+                p.system,
+                p.softirq,
+                p.idle
+            );
+        }
+    }
+    if !r.ramp_samples.is_empty() {
+        let h = &r.ramp_handshakes;
+        let _ = writeln!(
+            out,
+            "  handshakes during the ramp (host-wide): accept queue full {} times, {} SYNs or \
+             ACKs dropped by listeners, {} SYNs sent again, {} SYN-queue-full cookies",
+            h.listen_overflows, h.listen_drops, h.syn_retransmits, h.syn_queue_full_cookies
+        );
+    }
+    if let Some(f) = &r.flamegraph {
+        let top = |shares: &[super::flamegraph::Share]| {
+            shares
+                .iter()
+                .take(4)
+                .map(|s| format!("{} {:.0}%", s.name, s.percent))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "  profile of the ramp from {} to {} open ({:.1} s; other processes {:.0}% of the CPU, \
+             left out; {:.0}% of the rest in the kernel): {}\n    by system call: {}\n    \
+             by function: {}",
+            f.from_open,
+            f.to_open,
+            f.seconds,
+            f.others_percent,
+            f.kernel_percent,
+            f.svg,
+            top(&f.syscalls),
+            top(&f.functions)
+        );
+    }
     if let Some(plan) = &r.loadgen_plan {
         let _ = writeln!(out, "  {plan}");
     }
@@ -365,7 +433,7 @@ fn report_text(r: &Report) -> String {
 
 // ANCHOR: record
 /// Where `--record` keeps the run the book shows.
-fn recorded_json() -> PathBuf {
+pub(super) fn recorded_json() -> PathBuf {
     workspace_root().join("book/src/results/million.json")
 }
 
@@ -373,12 +441,37 @@ fn recorded_page() -> PathBuf {
     workspace_root().join("book/src/generated/million.md")
 }
 
-/// The book's page for a recorded run: the report exactly as printed.
+/// The ramp's plot, beside the results page's plots.
+fn recorded_plot() -> PathBuf {
+    workspace_root().join("book/src/results/million-ramp.svg")
+}
+
+fn render_plot(r: &Report) -> Result<String, TaskError> {
+    super::ramp_profile::plot(
+        &r.ramp_samples,
+        &format!(
+            "Ramp of {} connections to chapter 08, {}",
+            crate::results::format::thousands(r.conns as u64),
+            r.date_utc
+        ),
+    )
+    .map_err(TaskError::Failed)
+}
+
+/// The book's page for a recorded run: the report exactly as printed, and
+/// the ramp's plot.
 fn render_page(r: &Report) -> String {
+    let plot = if r.ramp_samples.is_empty() {
+        String::new()
+    } else {
+        "\n![Connections the server counted open against seconds since loadgen started, and \
+         the rate they arrived at](results/million-ramp.svg)\n"
+            .to_string()
+    };
     format!(
         "<!-- Generated by `cargo xtask million --record` into book/src/results/million.json. \
          Do not edit: re-run it, or check with `cargo xtask test`. -->\n\n\
-         ```text\n$ cargo xtask million --conns {conns}\n{text}```\n\n\
+         ```text\n$ cargo xtask million --conns {conns}\n{text}```\n{plot}\n\
          <small>Run on {date}; chapter 08's server and loadgen on the same 2-core machine.</small>\n",
         conns = r.conns,
         text = report_text(r).trim_start_matches('\n'),
@@ -389,10 +482,14 @@ fn render_page(r: &Report) -> String {
 pub(super) fn record(r: &Report) -> TaskResult {
     let json = serde_json::to_string_pretty(r)
         .map_err(|e| TaskError::Failed(format!("encoding the report: {e}")))?;
-    for (path, text) in [
+    let mut files = vec![
         (recorded_json(), json + "\n"),
         (recorded_page(), render_page(r)),
-    ] {
+    ];
+    if !r.ramp_samples.is_empty() {
+        files.push((recorded_plot(), render_plot(r)?));
+    }
+    for (path, text) in files {
         fs::write(&path, text)
             .map_err(|e| TaskError::Failed(format!("writing {}: {e}", path.display())))?;
         eprintln!("recorded in {}", path.display());
@@ -410,13 +507,19 @@ pub fn check_recorded() -> TaskResult {
     let report: Report = serde_json::from_str(&json)
         .map_err(|e| TaskError::Failed(format!("book/src/results/million.json: {e}")))?;
     let page = fs::read_to_string(recorded_page()).unwrap_or_default();
-    if page == render_page(&report) {
-        eprintln!("    ok: book/src/generated/million.md matches million.json");
+    let plot = fs::read_to_string(recorded_plot()).unwrap_or_default();
+    super::flamegraph::check_recorded()?;
+    super::experiments::check_recorded()?;
+    if page == render_page(&report)
+        && (report.ramp_samples.is_empty() || plot == render_plot(&report)?)
+    {
+        eprintln!("    ok: book/src/generated/million.md and million-ramp.svg match million.json");
         Ok(())
     } else {
         Err(TaskError::Failed(
-            "book/src/generated/million.md differs from what book/src/results/million.json \
-             renders to; re-record with `cargo xtask million --record`"
+            "book/src/generated/million.md or book/src/results/million-ramp.svg differs from \
+             what book/src/results/million.json renders to; re-record with `cargo xtask million \
+             --record`"
                 .into(),
         ))
     }

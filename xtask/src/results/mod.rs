@@ -25,7 +25,7 @@ mod data;
 pub(crate) mod format;
 mod machine;
 mod measure;
-mod plot;
+pub(crate) mod plot;
 mod render;
 mod scenarios;
 
@@ -385,9 +385,13 @@ fn write_rendered(data: &ResultsData) -> TaskResult {
 
 /// Files in `book/src/generated/` that other tasks render, from their own
 /// data: never stale here. (`cargo xtask million` writes `million.md`,
-/// `cargo xtask profile` writes `profile.md`.)
+/// `ramp-flamegraphs.md` and `ramp-experiments.md`, `cargo xtask profile`
+/// writes `profile.md`, `cargo xtask neighbours` writes `chapter-diffs.md`
+/// and `reading-time.md`.)
 const RENDERED_ELSEWHERE: &[&str] = &[
     "million.md",
+    "ramp-flamegraphs.md",
+    "ramp-experiments.md",
     "profile.md",
     "chapter-diffs.md",
     "reading-time.md",

@@ -325,3 +325,72 @@ pub fn memory(data: &ResultsData) -> Result<String, String> {
     }
     Ok(buf)
 }
+
+/// A million run's ramp: connections open against seconds (left axis) and
+/// connections per second (right axis), so a ramp that slows shows where.
+pub fn ramp(open: &[(f64, f64)], rate: &[(f64, f64)], title: &str) -> Result<String, String> {
+    let seconds = open.iter().map(|p| p.0).fold(1.0, f64::max);
+    let most = open.iter().map(|p| p.1).fold(1.0, f64::max);
+    let fastest = rate.iter().map(|p| p.1).fold(1.0, f64::max);
+    let (open_colour, rate_colour) = (colour(0), colour(1));
+    let mut buf = String::new();
+    {
+        let root = page(&mut buf);
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(16)
+            .x_label_area_size(48)
+            .y_label_area_size(84)
+            .right_y_label_area_size(84)
+            .build_cartesian_2d(0.0..seconds * 1.02, 0.0..most * 1.1)
+            .map_err(err)?
+            .set_secondary_coord(0.0..seconds * 1.02, 0.0..fastest * 1.2);
+        chart
+            .configure_mesh()
+            .x_desc("seconds since loadgen started")
+            .y_desc("connections open (server's count)")
+            .y_label_formatter(&|y| super::format::thousands(y.round() as u64))
+            .axis_desc_style(("sans-serif", 15))
+            .label_style(("sans-serif", 13))
+            .light_line_style(BLACK.mix(0.05))
+            .draw()
+            .map_err(err)?;
+        chart
+            .configure_secondary_axes()
+            .y_desc("connections per second (1 s window)")
+            .y_label_formatter(&|y| super::format::thousands(y.round() as u64))
+            .axis_desc_style(("sans-serif", 15))
+            .label_style(("sans-serif", 13))
+            .draw()
+            .map_err(err)?;
+        chart
+            .draw_series(LineSeries::new(open.to_vec(), open_colour.stroke_width(3)))
+            .map_err(err)?
+            .label("connections open (left)")
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 24, y)], open_colour.stroke_width(3))
+            });
+        chart
+            .draw_secondary_series(DashedLineSeries::new(
+                rate.to_vec(),
+                8,
+                5,
+                rate_colour.stroke_width(2),
+            ))
+            .map_err(err)?
+            .label("connections per second (right)")
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 24, y)], rate_colour.stroke_width(2))
+            });
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK.mix(0.3))
+            .label_font(("sans-serif", 14))
+            .draw()
+            .map_err(err)?;
+        root.present().map_err(err)?;
+    }
+    Ok(buf)
+}
