@@ -403,7 +403,13 @@ pub fn commands_in(markdown: &str, file: &str) -> Vec<Shown> {
 fn parse_command(segment: &str) -> Option<Shown> {
     let mut words: Vec<String> = segment
         .split_whitespace()
-        .map(|w| w.trim_matches(|c| c == '[' || c == ']').to_string())
+        // Brackets mark optional words; a quote closes a `sh -c '…'` around
+        // the command.
+        .map(|w| {
+            w.trim_matches(|c| c == '[' || c == ']')
+                .trim_end_matches(['\'', '"'])
+                .to_string()
+        })
         .filter(|w| !w.is_empty())
         .collect();
     // Prefixes that run the command under something else.
