@@ -220,6 +220,11 @@ impl Ring {
         unsafe { self.push(&entry) }
     }
 
+    /// Gives back the map's peak capacity (after a crowd has left).
+    pub fn shrink_sends_in_flight(&mut self) {
+        self.sends_in_flight.shrink_to_fit();
+    }
+
     /// The buffer of the send submitted as `user_data` and the offset it
     /// started at, once its completion has been reaped.
     pub fn finish_send(&mut self, user_data: u64) -> Option<(Vec<u8>, usize)> {
