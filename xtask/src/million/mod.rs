@@ -84,7 +84,8 @@ pub struct MillionArgs {
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
     /// Record this run in the book: write book/src/results/million.json and
-    /// render book/src/generated/million.md from it (chapter 08 includes it).
+    /// render book/src/generated/million.md from it (chapter 08 includes it;
+    /// with `--server ch09-io-uring`, million-ch09.json and .md, chapter 09).
     #[arg(long)]
     record: bool,
     /// Record an earlier run's `--json` report in the book instead of running.
