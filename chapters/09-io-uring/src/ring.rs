@@ -307,10 +307,12 @@ impl Ring {
     }
     // ANCHOR_END: enter
 
-    /// Moves every completion waiting in the queue into `into`.
-    pub fn completions(&mut self, into: &mut Vec<Completion>) {
+    /// Moves up to `max` of the completions waiting in the queue into
+    /// `into`; the rest wait for the next turn (whose enter then does not
+    /// sleep).
+    pub fn completions(&mut self, into: &mut Vec<Completion>, max: usize) {
         let before = into.len();
-        into.extend(self.ring.completion().map(|cqe| Completion {
+        into.extend(self.ring.completion().take(max).map(|cqe| Completion {
             user_data: cqe.user_data(),
             result: cqe.result(),
             flags: cqe.flags(),

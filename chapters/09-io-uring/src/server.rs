@@ -43,8 +43,10 @@ const MAX_SPARE_VECS: usize = 256;
 /// Spare `Vec`s and output boxes kept after a crowd has left (see
 /// `give_memory_back_if_mostly_empty`); more come back on demand.
 const SPARES_AFTER_A_CROWD: usize = 16;
-/// Completions a turn's list keeps room for after a crowd has left.
-const INITIAL_COMPLETIONS: usize = 256;
+/// The most completions one turn handles (chapter 08's `EVENTS_PER_WAIT`):
+/// a ramp of thousands of connects then costs a few turns, not one list
+/// grown to the completion queue's size and kept for ever.
+const COMPLETIONS_PER_TURN: usize = 1024;
 /// Spare `Vec`s bigger than this are freed, not kept: a burst's big buffers
 /// must not stay pinned in the spare list.
 const MAX_SPARE_CAPACITY: usize = 16 * 1024;
@@ -150,7 +152,7 @@ impl Server {
             listener,
             stop,
             connections: Slab::with_capacity(INITIAL_CONNECTIONS),
-            completions: Vec::new(),
+            completions: Vec::with_capacity(COMPLETIONS_PER_TURN),
             to_rearm: Vec::new(),
             to_flush: Vec::new(),
             spare_vecs: Vec::new(),
@@ -196,7 +198,8 @@ impl Server {
             self.now = Instant::now();
             bump(&self.stats.wakeups, 1);
             let mut completions = std::mem::take(&mut self.completions);
-            self.ring.completions(&mut completions);
+            self.ring
+                .completions(&mut completions, COMPLETIONS_PER_TURN);
             let mut stop = false;
             for completion in completions.drain(..) {
                 stop |= self.on_completion(completion)?;
@@ -613,7 +616,6 @@ impl Server {
             self.spare_vecs.shrink_to_fit();
             self.spare_outputs.truncate(SPARES_AFTER_A_CROWD);
             self.spare_outputs.shrink_to_fit();
-            self.completions.shrink_to(INITIAL_COMPLETIONS);
             self.to_rearm.shrink_to_fit();
             self.to_flush.shrink_to_fit();
             self.completed.shrink_to_fit();
