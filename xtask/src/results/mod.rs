@@ -317,8 +317,7 @@ fn write_rendered(data: &ResultsData) -> TaskResult {
 
 /// Files in `book/src/generated/` that other tasks render, from their own
 /// data: never stale here. (`cargo xtask million` writes `million.md` and
-/// `million-ch09.md`,
-/// `cargo xtask profile` writes `profile.md`.)
+/// `million-ch09.md`, `cargo xtask profile` writes `profile.md`.)
 const RENDERED_ELSEWHERE: &[&str] = &[
     "million.md",
     "million-ch09.md",
