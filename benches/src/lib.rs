@@ -144,7 +144,7 @@ pub const SERVERS: &[Server] = &[
     // One worker process: the prefork machinery is there, but measured on
     // one core like every other server.
     Server::chapter("ch08-million-connections").with_args(&["--procs", "1"]),
-    Server::chapter("ch09-io-uring"),
+    Server::chapter("ch09-io-uring").with_args(&["--procs", "1"]),
     Server::baseline("tokio-echo"),
     Server::baseline("mio-echo"),
     // Built only where a Go toolchain is installed; skipped with one line elsewhere.

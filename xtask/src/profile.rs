@@ -154,7 +154,7 @@ fn profile_one(
     scratch: &Path,
 ) -> Result<Run, TaskError> {
     let mut builder = ServerProcess::builder(release_dir.join(server_name)).cpu(server_core);
-    if server_name.starts_with("ch08") {
+    if server_name.starts_with("ch08") || server_name.starts_with("ch09") {
         builder = builder.args(["--procs", "1"]);
     }
     let server = builder

@@ -1,8 +1,11 @@
-//! Chapter 09: chapter 07's reactors on io_uring instead of epoll. One ring
-//! per reactor; multishot accept; multishot receive into a provided buffer
-//! ring, so an idle connection owns no buffer; sends batched per turn; one
-//! `io_uring_enter` per turn. One process (`--threads N` reactors), not
-//! chapter 08's prefork supervisor. See book/src/ch09-io-uring.md.
+//! Chapter 09: chapter 08's server with its reactors on io_uring instead of
+//! epoll. One ring per reactor; multishot accept; multishot receive into a
+//! provided buffer ring, so an idle connection owns no buffer; sends batched
+//! per turn; one `io_uring_enter` per turn. The rest is chapter 08's: a
+//! supervisor starts `--procs P` worker processes (this binary again, with
+//! the hidden `--worker N` flag), restarts one that dies, serves Prometheus
+//! metrics (`--metrics`), and on SIGINT/SIGTERM prints one summary for all.
+//! See book/src/ch09-io-uring.md.
 
 #[cfg(not(target_os = "linux"))]
 compile_error!(
@@ -11,31 +14,40 @@ compile_error!(
 
 mod connection;
 mod idle;
+mod metrics;
 mod op;
 mod reactors;
 mod ring;
 mod server;
 mod slab;
+mod stats;
+mod supervisor;
 mod sys;
 mod timer_wheel;
+mod worker_process;
 mod workers;
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::RawFd;
 use std::process::ExitCode;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 
 use crate::idle::IdleTimeouts;
-use crate::reactors::{ReactorInfo, Reactors};
-use crate::server::{Config, Totals};
-use crate::sys::{Listener, SignalFd};
+use crate::server::Config;
+use crate::supervisor::{Failure, Outcome, Settings, Supervisor};
+use crate::sys::{DescriptorLimit, Listener, SignalFd};
+use crate::worker_process::WorkerPlan;
 use crate::workers::{Offload, PoolKind};
 
-/// An echo server on io_uring: one reactor (a thread with its own ring, and
-/// its own pool of worker threads for heavy request work) per core.
+/// An echo server on io_uring for a million connections: a supervisor and
+/// prefork worker processes, each with one reactor (a thread with its own
+/// ring, and its own pool of worker threads for heavy request work) per
+/// core it is given, all on one port.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
@@ -44,47 +56,84 @@ struct Args {
     addr: String,
 
     /// Microseconds of CPU work (a busy loop) per newline received, done
-    /// before echoing: inline on the reactor, or on a worker (--offload).
+    /// before echoing, on a worker thread.
     #[arg(long, default_value_t = 0)]
     work_us: u64,
 
-    /// Where the --work-us work runs: `auto` hands a receive to the worker
-    /// pool only when newlines x work-us exceeds --offload-above-us,
-    /// `always` hands every receive over, `never` runs all of it inline.
-    #[arg(long, value_enum, default_value_t = Offload::Auto)]
-    offload: Offload,
+    // ANCHOR: prefork_flags
+    /// Worker processes: a number, or `auto` (the fewest whose descriptor
+    /// limits hold --conns; printed with the reason at start).
+    #[arg(long, default_value = "auto")]
+    procs: Count,
 
-    /// With --offload auto: the work (in microseconds) above which a
-    /// receive goes to the pool instead of running on the reactor.
-    #[arg(long, value_name = "US", default_value_t = 10)]
-    offload_above_us: u64,
+    /// Connections the server should be able to hold; `--procs auto` sizes
+    /// the worker count from it.
+    #[arg(long, default_value_t = 1_000_000)]
+    conns: u64,
 
-    /// Reactors: threads, each with its own ring, listener, slab, pool and
-    /// timer wheel [default: one per core].
-    #[arg(long, visible_alias = "reactors", value_parser = clap::value_parser!(u16).range(1..))]
-    threads: Option<u16>,
+    /// Reactors (threads, each with its own listener, ring, buffer ring,
+    /// slab, pool and timer wheel) per worker process: a number, or `auto`
+    /// (the cores shared out among the workers, at least 1).
+    #[arg(long, visible_alias = "threads", default_value = "auto")]
+    reactors: Count,
 
-    /// Pin reactor i to the i-th CPU this process may use (round robin if
-    /// there are more reactors than CPUs); its worker threads inherit it.
+    /// Serve Prometheus metrics on this address (`GET /metrics`). No
+    /// authentication: anyone who can connect reads them; keep it on
+    /// loopback or a private interface (a warning says so otherwise).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
+
+    /// Seconds between status lines on stderr (0: none).
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    status_every: u64,
+
+    /// Internal: run as worker N (the supervisor starts workers this way).
+    #[arg(long, hide = true)]
+    worker: Option<usize>,
+
+    /// Internal: the descriptor of the shared stats memory (with --worker).
+    #[arg(long, hide = true)]
+    stats_fd: Option<RawFd>,
+    // ANCHOR_END: prefork_flags
+    /// Pin reactor i (counted over all workers) to the i-th CPU this process
+    /// may use (round robin if there are more reactors than CPUs); its
+    /// worker threads inherit it.
     #[arg(long)]
     pin: bool,
 
-    /// Worker threads per reactor that run offloaded --work-us work
-    /// [default: cores / reactors, at least 1].
+    /// Worker threads per reactor that run the --work-us work [default:
+    /// cores / reactors of all processes, at least 1].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     workers: Option<u16>,
 
-    /// Which worker pool: threads sharing a channel, or rayon's ThreadPool.
+    /// Which worker pool: threads sharing a channel (written in chapter 04;
+    /// the default: it measured cheaper under load there) or rayon's
+    /// ThreadPool.
     #[arg(long, value_enum, default_value_t = PoolKind::Hand)]
     pool: PoolKind,
 
     /// At most this many jobs handed to the workers and not yet answered;
-    /// when it is full the reactor does the work itself.
+    /// when it is full the loop stops reading clients until results come
+    /// back (back-pressure across the hand-off).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     queue_depth: u32,
 
-    /// Stop receiving from a client while this many bytes of its echo are
-    /// unsent (back-pressure).
+    /// Which reads' work goes to the worker pool: `auto` only work above
+    /// --offload-above-us (cheaper work runs on the event loop, and with
+    /// --work-us 0 the pool is never used), `always` every read (the price
+    /// of the hand-off on its own), `never` none (chapter 03).
+    #[arg(long, value_enum, default_value_t = Offload::Auto)]
+    offload: Offload,
+
+    /// With --offload auto, a read whose work (newlines × --work-us) costs
+    /// more than this many microseconds goes to the pool. A hand-off costs a
+    /// few microseconds of CPU (see the book), so work under this runs
+    /// cheaper on the loop than the trip would cost.
+    #[arg(long, default_value_t = 10)]
+    offload_above_us: u64,
+
+    /// Stop reading a client while this many bytes of its echo are unsent
+    /// (back-pressure).
     #[arg(long, default_value_t = 256 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     max_pending: u64,
 
@@ -93,6 +142,7 @@ struct Args {
     #[arg(long, value_name = "SECS", value_parser = parse_idle_timeout, allow_negative_numbers = true)]
     idle_timeout: Option<Duration>,
 
+    // ANCHOR: uring_flags
     /// Let a kernel thread poll each ring's submission queue (SQPOLL):
     /// submitting then needs no syscall while it is awake, at the price of
     /// a kernel thread spinning on a CPU for up to --sqpoll-idle-ms after
@@ -122,6 +172,7 @@ struct Args {
     /// Bytes per receive buffer: the most one receive completion carries.
     #[arg(long, value_name = "BYTES", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(64..=1_048_576))]
     recv_buffer_size: u32,
+    // ANCHOR_END: uring_flags
 }
 
 /// A power of two from 1 to `MAX`.
@@ -158,15 +209,43 @@ fn parse_idle_timeout(value: &str) -> Result<Duration, String> {
 }
 // ANCHOR_END: parse_idle_timeout
 
-/// Listen queue length; the kernel silently caps it at net.core.somaxconn.
-const LISTEN_BACKLOG: i32 = 4096;
+/// A positive number or `auto` (`--procs`, `--reactors`).
+#[derive(Clone, Copy, Debug)]
+struct Count(Option<usize>);
+
+impl FromStr for Count {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Count, String> {
+        if text == "auto" {
+            return Ok(Count(None));
+        }
+        match text.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(Count(Some(n))),
+            _ => Err(format!(
+                "expected a positive number or `auto`, got `{text}`"
+            )),
+        }
+    }
+}
+
+/// Listen queue length per reactor; the kernel silently caps it at
+/// net.core.somaxconn. A million clients connecting at once need it long.
+const LISTEN_BACKLOG: i32 = 65535;
 
 // ANCHOR: main
 fn main() -> ExitCode {
-    // First, before any other thread could exist: block SIGINT/SIGTERM in
-    // this thread, so every thread spawned later inherits the mask. Only
-    // main reads the signalfd; the reactors hear of it from main.
-    let signals = match SignalFd::for_shutdown_signals() {
+    // First, before any other thread could exist: block the signals we
+    // handle in this thread, so every thread spawned later inherits the
+    // mask, and read them from a signalfd. The supervisor also takes
+    // SIGCHLD that way: it says a worker exited.
+    let is_worker = std::env::args().any(|arg| arg == "--worker");
+    let signals = if is_worker {
+        SignalFd::for_shutdown_signals()
+    } else {
+        SignalFd::for_shutdown_and_child_signals()
+    };
+    let signals = match signals {
         Ok(signals) => signals,
         Err(e) => return fail(1, format_args!("cannot set up signalfd: {e}")),
     };
@@ -175,128 +254,206 @@ fn main() -> ExitCode {
         Ok(addr) => addr,
         Err(e) => return fail(2, format_args!("cannot use --addr {}: {e}", args.addr)),
     };
-    let cores = available_cores();
-    let threads = args.threads.map_or(cores, usize::from);
-    let cpus = match plan_pinning(threads, args.pin) {
-        Ok(cpus) => cpus,
-        Err(e) => {
-            return fail(
-                1,
-                format_args!("cannot read this process's CPU affinity: {e}"),
-            );
-        }
-    };
-    // Before binding anything: is io_uring usable here at all?
-    let sqpoll = args
-        .sqpoll
-        .then(|| Duration::from_millis(u64::from(args.sqpoll_idle_ms)));
-    if let Err(cause) = ring::probe(sqpoll) {
-        return fail(2, format_args!("{cause}"));
+    if let (Some(index), Some(stats_fd)) = (args.worker, args.stats_fd) {
+        return run_worker(&args, index, stats_fd, addr, signals);
     }
-    let listeners = match bind_listeners(addr, threads) {
-        Ok(listeners) => listeners,
-        Err(e) => {
-            return fail(
-                2,
-                format_args!(
-                    "cannot listen on {addr}: {e}; pick another --addr (port 0 picks a free one)"
-                ),
-            );
-        }
-    };
-    let local_addr = match listeners[0].local_addr() {
-        Ok(local_addr) => local_addr,
-        Err(e) => return fail(1, format_args!("getsockname: {e}")),
-    };
-    let config = Config {
-        work_per_newline: Duration::from_micros(args.work_us),
-        max_pending: usize::try_from(args.max_pending).unwrap_or(usize::MAX),
-        workers: args
-            .workers
-            .map_or_else(|| (cores / threads).max(1), usize::from),
-        pool: args.pool,
-        queue_depth: usize::try_from(args.queue_depth).unwrap_or(usize::MAX),
-        idle_timeout: args.idle_timeout,
-        offload: args.offload,
-        offload_above: Duration::from_micros(args.offload_above_us),
-        ring_entries: args.ring_entries,
-        // Both parsed as powers of two no larger than 32768.
-        recv_buffers: u16::try_from(args.recv_buffers).unwrap_or(1 << 15),
-        recv_buffer_size: args.recv_buffer_size,
-        sqpoll,
-    };
-    let reactors = match Reactors::start(listeners, &cpus, config) {
-        Ok(reactors) => reactors,
-        Err(e) => {
-            return fail(
-                2,
-                format_args!(
-                    "cannot start {threads} reactors with {} worker threads each: {e}; \
-                     try fewer --threads or --workers, or raise `ulimit -u`",
-                    config.workers
-                ),
-            );
-        }
-    };
-
-    // stdout is a pipe when a test or script runs us: flush so the line
-    // arrives now, not when the buffer fills. (`writeln!`, not `println!`:
-    // if whoever reads our stdout has gone away, that is no reason to panic.)
-    let mut stdout = io::stdout();
-    let _ = writeln!(stdout, "listening on {local_addr}").and_then(|()| stdout.flush());
-    let _ = describe(&mut stdout, &args, config, reactors.infos()).and_then(|()| stdout.flush());
-
-    // Main's whole job from here: wait for a signal (or a reactor's death).
-    let reactor_died = match signals.wait_or(reactors.died_fd()) {
-        Ok(signal) => signal.is_none(),
-        Err(e) => {
-            eprintln!("waiting for signals: {e}; stopping");
-            true
-        }
-    };
-    reactors.stop();
-    let per_reactor = match reactors.join() {
-        Ok(per_reactor) => per_reactor,
-        Err(e) => return fail(1, format_args!("a reactor failed: {e}")),
-    };
-    if reactor_died {
-        return fail(1, format_args!("a reactor stopped unexpectedly"));
-    }
-    let _ = print_summary(&mut stdout, config, &per_reactor).and_then(|()| stdout.flush());
-    ExitCode::SUCCESS
+    run_supervisor(&args, addr, signals)
 }
 // ANCHOR_END: main
 
-// ANCHOR: listeners
-// ANCHOR: listeners_1
-// ANCHOR_END: listeners_1
-// ANCHOR: bind_listeners_signature
-/// The listening sockets, one per reactor, all bound to one port with
-/// `SO_REUSEPORT`: port 0 picks a free port for the first, and the others
-/// must bind *that* port (binding 0 again would give each its own).
-fn bind_listeners(addr: SocketAddr, reactors: usize) -> io::Result<Vec<Arc<Listener>>> {
-    // ANCHOR_END: bind_listeners_signature
-    let mut listeners = Vec::with_capacity(reactors);
-    let mut addr = addr;
-    for _ in 0..reactors {
-        let listener = Listener::bind(addr, LISTEN_BACKLOG, true)?;
-        addr = listener.local_addr()?;
-        listeners.push(Arc::new(listener));
+// ANCHOR: run_worker
+/// A worker process: chapter 07's server, counting into shared memory.
+fn run_worker(
+    args: &Args,
+    index: usize,
+    stats_fd: RawFd,
+    addr: SocketAddr,
+    signals: SignalFd,
+) -> ExitCode {
+    let reactors = args.reactors.0.unwrap_or(1);
+    let plan = WorkerPlan {
+        index,
+        stats_fd,
+        addr,
+        reactors,
+        pin: args.pin,
+        config: Config {
+            work_per_newline: Duration::from_micros(args.work_us),
+            max_pending: usize::try_from(args.max_pending).unwrap_or(usize::MAX),
+            workers: args
+                .workers
+                .map_or_else(|| (available_cores() / reactors).max(1), usize::from),
+            pool: args.pool,
+            queue_depth: usize::try_from(args.queue_depth).unwrap_or(usize::MAX),
+            offload: args.offload,
+            offload_above: Duration::from_micros(args.offload_above_us),
+            idle_timeout: args.idle_timeout,
+            ring_entries: args.ring_entries,
+            // Both parsed as powers of two no larger than 32768.
+            recv_buffers: u16::try_from(args.recv_buffers).unwrap_or(1 << 15),
+            recv_buffer_size: args.recv_buffer_size,
+            sqpoll: sqpoll(args),
+        },
+    };
+    match worker_process::run(plan, signals) {
+        Ok(()) => ExitCode::SUCCESS,
+        // A usage problem (the port, a limit): exit 2, which the supervisor
+        // passes on if it happens while starting.
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => fail(
+            2,
+            format_args!("worker {index}: cannot listen on {addr}: {e}"),
+        ),
+        Err(e) => fail(1, format_args!("worker {index}: {e}")),
     }
-    Ok(listeners)
 }
-// ANCHOR: listeners_2
-// ANCHOR_END: listeners_2
+// ANCHOR_END: run_worker
+
+// ANCHOR: run_supervisor
+/// The supervisor: choose how many workers, start them, watch them, and
+/// print `listening on` first and `summary:` last on stdout.
+fn run_supervisor(args: &Args, addr: SocketAddr, signals: SignalFd) -> ExitCode {
+    let metrics = match args.metrics.as_deref().map(resolve).transpose() {
+        Ok(metrics) => metrics,
+        Err(e) => return fail(2, format_args!("cannot use --metrics: {e}")),
+    };
+    // Before starting anything: is io_uring usable here at all? (Each
+    // worker would fail the same way; say why once, and exit 2.)
+    if let Err(cause) = ring::probe(sqpoll(args)) {
+        return fail(2, format_args!("{cause}"));
+    }
+    let limit = match DescriptorLimit::get() {
+        Ok(limit) => limit,
+        Err(e) => return fail(1, format_args!("getrlimit: {e}")),
+    };
+    let plan = supervisor::choose_plan(
+        args.procs.0,
+        args.reactors.0,
+        args.conns,
+        limit,
+        available_cores(),
+    );
+    if plan.procs > supervisor::MAX_PROCS {
+        return fail(
+            2,
+            format_args!(
+                "--procs {} is more than {} workers; use fewer (or raise `ulimit -Hn` so \
+                 each holds more)",
+                plan.procs,
+                supervisor::MAX_PROCS
+            ),
+        );
+    }
+    eprintln!(
+        "prefork: {} worker process(es) x {} reactor(s): {}",
+        plan.procs, plan.reactors, plan.reason
+    );
+    let settings = Settings {
+        addr,
+        plan: plan.clone(),
+        worker_args: worker_args(args, &plan),
+        metrics,
+        status_every: (args.status_every > 0).then(|| Duration::from_secs(args.status_every)),
+    };
+    let mut stdout = io::stdout();
+    let outcome = Supervisor::new(settings.clone(), signals).and_then(|mut supervisor| {
+        supervisor.start()?;
+        if let Some(metrics_addr) = supervisor.metrics_addr() {
+            eprintln!("metrics on http://{metrics_addr}/metrics");
+        }
+        // stdout is a pipe when a test or script runs us: flush so the
+        // line arrives now. (`writeln!`, not `println!`: a reader that has
+        // gone away is no reason to panic.)
+        let _ = writeln!(stdout, "listening on {}", supervisor.addr())
+            .and_then(|()| describe(&mut stdout, args, &settings))
+            .and_then(|()| stdout.flush());
+        supervisor.run()
+    });
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(Failure::Usage(message)) => return fail(2, format_args!("{message}")),
+        Err(Failure::Other(message)) => return fail(1, format_args!("{message}")),
+    };
+    let _ = print_summary(&mut stdout, &settings, &outcome).and_then(|()| stdout.flush());
+    ExitCode::SUCCESS
+}
+// ANCHOR_END: run_supervisor
+
+/// Chapter 07's flags, as each worker gets them on its command line. The
+/// default `--workers` is computed here, where the number of processes is
+/// known: the cores shared out among every reactor of every process.
+fn worker_args(args: &Args, plan: &supervisor::Plan) -> Vec<String> {
+    let threads_per_reactor = args.workers.map_or_else(
+        || (available_cores() / (plan.procs * plan.reactors)).max(1),
+        usize::from,
+    );
+    let mut out = vec![
+        "--work-us".to_string(),
+        args.work_us.to_string(),
+        "--max-pending".to_string(),
+        args.max_pending.to_string(),
+        "--queue-depth".to_string(),
+        args.queue_depth.to_string(),
+        "--offload".to_string(),
+        match args.offload {
+            Offload::Auto => "auto",
+            Offload::Always => "always",
+            Offload::Never => "never",
+        }
+        .to_string(),
+        "--offload-above-us".to_string(),
+        args.offload_above_us.to_string(),
+        "--pool".to_string(),
+        match args.pool {
+            PoolKind::Hand => "hand",
+            PoolKind::Rayon => "rayon",
+        }
+        .to_string(),
+    ];
+    if args.pin {
+        out.push("--pin".to_string());
+    }
+    out.extend(["--workers".to_string(), threads_per_reactor.to_string()]);
+    out.extend([
+        "--ring-entries".to_string(),
+        args.ring_entries.to_string(),
+        "--recv-buffers".to_string(),
+        args.recv_buffers.to_string(),
+        "--recv-buffer-size".to_string(),
+        args.recv_buffer_size.to_string(),
+    ]);
+    if args.sqpoll {
+        out.extend([
+            "--sqpoll".to_string(),
+            "--sqpoll-idle-ms".to_string(),
+            args.sqpoll_idle_ms.to_string(),
+        ]);
+    }
+    if let Some(timeout) = args.idle_timeout {
+        out.extend([
+            "--idle-timeout".to_string(),
+            timeout.as_secs_f64().to_string(),
+        ]);
+    }
+    out
+}
+
+// ANCHOR: listeners
+/// A worker's listening sockets, one per reactor, each with its own
+/// `SO_REUSEPORT` listener bound to the supervisor's port (which the
+/// supervisor holds with the option too: every member of the port's group
+/// must have it). Each reactor's ring arms one multishot accept on its own.
+fn bind_listeners(addr: SocketAddr, reactors: usize) -> io::Result<Vec<Arc<Listener>>> {
+    (0..reactors)
+        .map(|_| Listener::bind(addr, LISTEN_BACKLOG, true).map(Arc::new))
+        .collect()
+}
 // ANCHOR_END: listeners
 
 // ANCHOR: plan_pinning
-// ANCHOR: plan_pinning_1
-// ANCHOR_END: plan_pinning_1
-// ANCHOR: plan_pinning_signature
-/// The CPU for each reactor with `--pin` (reactor i gets the i-th CPU we are
-/// allowed to use, round robin), or no pinning.
-fn plan_pinning(reactors: usize, pin: bool) -> io::Result<Vec<Option<usize>>> {
-    // ANCHOR_END: plan_pinning_signature
+/// The CPU for each reactor with `--pin` (reactor i, counted from `first`
+/// over all workers, gets the i-th CPU we are allowed to use, round
+/// robin), or no pinning.
+fn plan_pinning(reactors: usize, pin: bool, first: usize) -> io::Result<Vec<Option<usize>>> {
     if !pin {
         return Ok(vec![None; reactors]);
     }
@@ -304,55 +461,32 @@ fn plan_pinning(reactors: usize, pin: bool) -> io::Result<Vec<Option<usize>>> {
     if allowed.is_empty() {
         return Err(io::Error::other("the affinity mask is empty"));
     }
-    Ok((0..reactors)
+    Ok((first..first + reactors)
         .map(|i| Some(allowed[i % allowed.len()]))
         .collect())
 }
-// ANCHOR: plan_pinning_2
-// ANCHOR_END: plan_pinning_2
 // ANCHOR_END: plan_pinning
 
-/// The start-up lines after `listening on`: the reactors, where they run,
-/// and the idle-timeout wheel.
-fn describe(
-    out: &mut impl Write,
-    args: &Args,
-    config: Config,
-    infos: &[ReactorInfo],
-) -> io::Result<()> {
+/// The start-up lines after `listening on`: the processes and reactors,
+/// their rings, and the idle-timeout wheel.
+fn describe(out: &mut impl Write, args: &Args, settings: &Settings) -> io::Result<()> {
     let allowed = sys::allowed_cpus().unwrap_or_default();
     writeln!(
         out,
-        "reactors={} pinned={} workers_per_reactor={} cpus_allowed={allowed:?}",
-        infos.len(),
-        args.pin,
-        config.workers,
+        "workers={} reactors_per_worker={} pinned={} cpus_allowed={allowed:?}",
+        settings.plan.procs, settings.plan.reactors, args.pin,
     )?;
     writeln!(
         out,
-        "io_uring: {} sq entries, {} recv buffers x {} bytes per reactor, sqpoll={}, offload={:?} above {:?}",
-        config.ring_entries,
-        config.recv_buffers,
-        config.recv_buffer_size,
+        "io_uring: {} sq entries, {} recv buffers x {} bytes per reactor, sqpoll={}, offload={:?} above {}us",
+        args.ring_entries,
+        args.recv_buffers,
+        args.recv_buffer_size,
         args.sqpoll,
-        config.offload,
-        config.offload_above,
+        args.offload,
+        args.offload_above_us,
     )?;
-    for info in infos {
-        match info.cpu {
-            Some(cpu) => writeln!(
-                out,
-                "reactor {}: thread {} pinned to CPU {cpu}",
-                info.index, info.thread_id
-            )?,
-            None => writeln!(
-                out,
-                "reactor {}: thread {} not pinned",
-                info.index, info.thread_id
-            )?,
-        }
-    }
-    if let Some(timeout) = config.idle_timeout {
+    if let Some(timeout) = args.idle_timeout {
         let wheel = IdleTimeouts::new(timeout, Instant::now());
         writeln!(
             out,
@@ -366,58 +500,63 @@ fn describe(
 }
 
 // ANCHOR: summary
-/// The summary line: every reactor's counters added up, then how many
-/// connections each reactor accepted.
-fn print_summary(out: &mut impl Write, config: Config, per_reactor: &[Totals]) -> io::Result<()> {
-    let mut totals = per_reactor[0];
-    for reactor in &per_reactor[1..] {
-        totals.add(reactor);
-    }
-    let ring = totals.ring;
+/// The summary line: every worker's counters added up (dead incarnations
+/// included), then how many connections each worker accepted (its last
+/// incarnation): the balance across processes, measured.
+fn print_summary(out: &mut impl Write, settings: &Settings, outcome: &Outcome) -> io::Result<()> {
+    let total = &outcome.total;
     write!(
         out,
-        "summary: connections_served={} shed={} io_uring_enter={} sqes={} completions={} \
-         cq_overflow={} sq_full={} recv_armed={} enobufs={} short_sends={} backpressure_stops={} \
-         stale_completions={} accept={} inline_work={} workers={} jobs={} queue_full={} \
-         queue_high_water={} wakeups={} results_dropped={} reaped={} timer_ops={} \
-         timers_moved={} reactors={}",
-        totals.connections_served,
-        totals.connections_shed,
-        ring.enters,
-        ring.submitted,
-        ring.completions,
-        ring.cq_overflow,
-        ring.sq_full,
-        totals.recv_armed,
-        totals.enobufs,
-        totals.short_sends,
-        totals.backpressure_stops,
-        totals.stale_completions,
-        totals.accept_calls,
-        totals.inline_work,
-        config.workers * per_reactor.len(),
-        totals.workers.jobs,
-        totals.workers.queue_full,
-        totals.workers.queue_high_water,
-        sys::eventfd_writes(),
-        totals.results_dropped,
-        totals.connections_reaped,
-        totals.timers.timer_ops(),
-        totals.timers.moved,
-        per_reactor.len(),
+        "summary: connections_served={} shed={} reaped={} io_uring_enter={} sqes={} \
+         completions={} cq_overflow={} sq_full={} recv_armed={} enobufs={} short_sends={} \
+         backpressure_stops={} stale_completions={} accept={} jobs={} inline={} queue_full={} \
+         queue_high_water={} results_dropped={} timer_ops={} timers_moved={} bytes_received={} \
+         bytes_sent={} loop_wakeups={} workers={} reactors={} restarts={} shutdown_dropped={} \
+         shutdown_dropped_bytes={}",
+        total.accepted,
+        total.shed,
+        total.reaped,
+        total.io_uring_enter,
+        total.sqes,
+        total.completions,
+        total.cq_overflow,
+        total.sq_full,
+        total.recv_armed,
+        total.enobufs,
+        total.short_sends,
+        total.backpressure_stops,
+        total.stale_completions,
+        total.accept_calls,
+        total.jobs,
+        total.inline,
+        total.queue_full,
+        total.queue_high_water,
+        total.results_dropped,
+        total.timer_ops,
+        total.timers_moved,
+        total.bytes_received,
+        total.bytes_sent,
+        total.wakeups,
+        settings.plan.procs,
+        settings.plan.procs * settings.plan.reactors,
+        outcome.restarts,
+        total.shutdown_dropped,
+        total.shutdown_dropped_bytes,
     )?;
-    for (index, reactor) in per_reactor.iter().enumerate() {
-        write!(
-            out,
-            " reactor{index}_accepted={}",
-            reactor.connections_served
-        )?;
+    for (index, worker) in outcome.per_worker.iter().enumerate() {
+        write!(out, " worker{index}_accepted={}", worker.accepted)?;
     }
     writeln!(out)
 }
 // ANCHOR_END: summary
 
-/// The CPUs this process may use: the default number of reactors.
+/// `--sqpoll`: how long the kernel thread may idle before it sleeps.
+fn sqpoll(args: &Args) -> Option<Duration> {
+    args.sqpoll
+        .then(|| Duration::from_millis(u64::from(args.sqpoll_idle_ms)))
+}
+
+/// The CPUs this process may use.
 fn available_cores() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }

@@ -1,5 +1,6 @@
 //! Many reactors, one per core: starting them (each pinned first, if asked),
-//! telling them to stop, and collecting what each one did.
+//! telling them to stop, and waiting for them. As in chapter 08 this runs
+//! inside each worker process, and what the reactors did is in shared memory.
 //!
 //! Nothing is shared between reactors while they run: each has its own
 //! `SO_REUSEPORT` listener, ring, buffer ring, slab, worker pool and timer
@@ -11,7 +12,8 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 
-use crate::server::{Config, Server, Totals};
+use crate::server::{Config, Server};
+use crate::stats::ReactorStats;
 use crate::sys::{self, EventFd, Listener};
 
 /// What main knows about a running reactor, for the start-up lines.
@@ -28,7 +30,7 @@ pub struct ReactorInfo {
 pub struct Reactors {
     infos: Vec<ReactorInfo>,
     stops: Vec<Arc<EventFd>>,
-    handles: Vec<JoinHandle<io::Result<Totals>>>,
+    handles: Vec<JoinHandle<io::Result<()>>>,
     /// Notified by a reactor whose loop failed, so main stops the rest.
     died: Arc<EventFd>,
 }
@@ -36,13 +38,18 @@ pub struct Reactors {
 impl Reactors {
     /// Starts one reactor per listener (`listeners[i]` for reactor `i`),
     /// reactor `i` pinned to
-    /// `cpus[i]` if given. Returns once every reactor is ready to serve, or
-    /// the first error (after stopping the ones that did start).
+    /// `cpus[i]` if given, counting into `stats[i]`. Returns once every
+    /// reactor is ready to serve, or the first error (after stopping the
+    /// ones that did start).
     pub fn start(
         listeners: Vec<Arc<Listener>>,
         cpus: &[Option<usize>],
         config: Config,
+        stats: &'static [ReactorStats],
     ) -> io::Result<Reactors> {
+        if listeners.len() > stats.len() {
+            return Err(io::Error::other("more reactors than stats slots"));
+        }
         let died = Arc::new(EventFd::new()?);
         let mut reactors = Reactors {
             infos: Vec::new(),
@@ -52,6 +59,7 @@ impl Reactors {
         };
         let (ready_tx, ready_rx) = mpsc::channel();
         for (index, listener) in listeners.into_iter().enumerate() {
+            let slot = &stats[index];
             let cpu = cpus.get(index).copied().flatten();
             let stop = Arc::new(EventFd::new()?);
             let ready_tx = ready_tx.clone();
@@ -60,11 +68,14 @@ impl Reactors {
             let handle = thread::Builder::new()
                 .name(format!("reactor-{index}"))
                 .spawn(move || {
+                    // A panic must stop the process's reactors as a failed
+                    // loop does, not leave them serving one short.
+                    let _on_panic = NotifyOnPanic(Arc::clone(&died));
                     // Pin first: the worker threads `Server::new` starts
                     // inherit this thread's affinity.
                     let setup = cpu
                         .map_or(Ok(()), sys::pin_current_thread)
-                        .and_then(|()| Server::new(listener, thread_stop, config));
+                        .and_then(|()| Server::new(listener, thread_stop, config, slot));
                     let server = match setup {
                         Ok(server) => server,
                         Err(e) => {
@@ -124,14 +135,12 @@ impl Reactors {
         }
     }
 
-    /// Waits for every reactor to stop; each one's totals, in order, or the
-    /// first error.
-    pub fn join(self) -> io::Result<Vec<Totals>> {
-        let mut all = Vec::with_capacity(self.handles.len());
+    /// Waits for every reactor to stop; the first error, if any.
+    pub fn join(self) -> io::Result<()> {
         let mut first_error = None;
         for handle in self.handles {
             match handle.join() {
-                Ok(Ok(totals)) => all.push(totals),
+                Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     first_error.get_or_insert(e);
                 }
@@ -142,8 +151,58 @@ impl Reactors {
         }
         match first_error {
             Some(e) => Err(e),
-            None => Ok(all),
+            None => Ok(()),
         }
     }
 }
 // ANCHOR_END: reactors
+
+/// Notifies "a reactor died" if its thread unwinds from a panic: `main`
+/// then stops the other reactors and exits with an error (in chapter 08 the
+/// supervisor restarts the worker), instead of running on with one fewer.
+struct NotifyOnPanic(Arc<EventFd>);
+
+impl Drop for NotifyOnPanic {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!("reactor thread panicked; stopping");
+            let _ = self.0.notify();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether the eventfd has been notified (without consuming it).
+    fn notified(fd: &EventFd) -> bool {
+        let mut pollfd = libc::pollfd {
+            fd: fd.raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, its count passed; timeout 0 only looks.
+        unsafe { libc::poll(&raw mut pollfd, 1, 0) == 1 }
+    }
+
+    #[test]
+    fn a_panicking_reactor_thread_says_it_died() {
+        let died = Arc::new(EventFd::new().unwrap());
+        let guard = NotifyOnPanic(Arc::clone(&died));
+        let thread = thread::spawn(move || {
+            let _guard = guard;
+            panic!("a bug in the event loop");
+        });
+        assert!(thread.join().is_err());
+        assert!(notified(&died), "no notification after a panic");
+    }
+
+    #[test]
+    fn a_reactor_thread_that_returns_says_nothing() {
+        let died = Arc::new(EventFd::new().unwrap());
+        let guard = NotifyOnPanic(Arc::clone(&died));
+        thread::spawn(move || drop(guard)).join().unwrap();
+        assert!(!notified(&died));
+    }
+}

@@ -220,6 +220,11 @@ impl Ring {
         unsafe { self.push(&entry) }
     }
 
+    /// Gives back the map's peak capacity (after a crowd has left).
+    pub fn shrink_sends_in_flight(&mut self) {
+        self.sends_in_flight.shrink_to_fit();
+    }
+
     /// The buffer of the send submitted as `user_data` and the offset it
     /// started at, once its completion has been reaped.
     pub fn finish_send(&mut self, user_data: u64) -> Option<(Vec<u8>, usize)> {
@@ -302,10 +307,12 @@ impl Ring {
     }
     // ANCHOR_END: enter
 
-    /// Moves every completion waiting in the queue into `into`.
-    pub fn completions(&mut self, into: &mut Vec<Completion>) {
+    /// Moves up to `max` of the completions waiting in the queue into
+    /// `into`; the rest wait for the next turn (whose enter then does not
+    /// sleep).
+    pub fn completions(&mut self, into: &mut Vec<Completion>, max: usize) {
         let before = into.len();
-        into.extend(self.ring.completion().map(|cqe| Completion {
+        into.extend(self.ring.completion().take(max).map(|cqe| Completion {
             user_data: cqe.user_data(),
             result: cqe.result(),
             flags: cqe.flags(),

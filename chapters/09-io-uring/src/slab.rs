@@ -81,6 +81,10 @@ pub struct Slab<T> {
     /// Head of the free list: the index of a vacant entry, or `NO_SLOT`.
     next_free: u32,
     len: usize,
+    /// The generation a newly pushed slot starts at: above every generation
+    /// a slot dropped by [`Slab::shrink_if_mostly_empty`] had, so a stale
+    /// token for a dropped slot never matches whoever gets its index later.
+    fresh_generation: u32,
 }
 
 struct Entry<T> {
@@ -100,6 +104,10 @@ enum Slot<T> {
 }
 
 const NO_SLOT: u32 = u32::MAX;
+/// A slab this small is never shrunk: 1024 slots of a few dozen bytes are
+/// not worth the bookkeeping (and the server starts with this many).
+const SMALL_SLAB: usize = 1024;
+
 /// Chapter 09 keeps 24 bits of generation: the top 8 bits of a completion's
 /// user data say which operation it is (see op.rs).
 pub const GENERATION_MASK: u32 = 0x00FF_FFFF;
@@ -110,6 +118,7 @@ impl<T> Slab<T> {
             entries: Vec::new(),
             next_free: NO_SLOT,
             len: 0,
+            fresh_generation: 0,
         }
     }
 
@@ -119,6 +128,7 @@ impl<T> Slab<T> {
             entries: Vec::with_capacity(capacity),
             next_free: NO_SLOT,
             len: 0,
+            fresh_generation: 0,
         }
     }
 
@@ -129,8 +139,7 @@ impl<T> Slab<T> {
         size_of::<Entry<T>>()
     }
 
-    /// Values stored.
-    #[cfg(test)]
+    /// Values stored (counted closed at shutdown).
     pub fn len(&self) -> usize {
         self.len
     }
@@ -138,6 +147,11 @@ impl<T> Slab<T> {
     #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Slots in use or on the free list: every token's index is below it.
+    pub fn slots(&self) -> usize {
+        self.entries.len()
     }
 
     /// Slots allocated (occupied or free) before the `Vec` must grow.
@@ -171,10 +185,10 @@ impl<T> Slab<T> {
             .filter(|&index| index != NO_SLOT)
             .expect("a slab holds fewer than u32::MAX values");
         self.entries.push(Entry {
-            generation: 0,
+            generation: self.fresh_generation,
             slot: Slot::Occupied(value),
         });
-        Token::new(index, 0)
+        Token::new(index, self.fresh_generation)
     }
     // ANCHOR: slab_2
 
@@ -245,6 +259,52 @@ impl<T> Slab<T> {
         Some(value)
     }
     // ANCHOR: slab_4
+
+    // ANCHOR: shrink
+    /// Gives memory back after a crowd has left: if fewer than a quarter of
+    /// the slots are occupied and at least the top half of them is vacant,
+    /// drops that vacant tail and returns its memory to the allocator.
+    /// Returns whether it did.
+    ///
+    /// Why bother: a slab grown for 19,000 connections keeps them all
+    /// allocated, and a server that keeps its peak memory forever cannot
+    /// share the host. Only a vacant *tail* may go: a token is an index,
+    /// so a live entry can never move. After a shrink the free list is
+    /// rebuilt lowest index first, so new connections fill the bottom and
+    /// the next shrink finds a long vacant tail.
+    ///
+    /// Cheap to call after every remove: when it does nothing it looks at
+    /// the vacant tail only (O(1) while the last slot is occupied); when it
+    /// shrinks, the O(slots) rebuild at least halves the slab.
+    pub fn shrink_if_mostly_empty(&mut self) -> bool {
+        let slots = self.entries.len();
+        if slots <= SMALL_SLAB || self.len * 4 >= slots {
+            return false;
+        }
+        let vacant = |entry: &Entry<T>| matches!(entry.slot, Slot::Vacant { .. });
+        let mut keep = slots;
+        while keep > 0 && vacant(&self.entries[keep - 1]) {
+            keep -= 1;
+        }
+        if keep * 2 > slots {
+            return false; // a live entry sits in the top half: nothing to gain
+        }
+        for entry in &self.entries[keep..] {
+            // Stale tokens for these slots carry generations below theirs.
+            self.fresh_generation = self.fresh_generation.max(entry.generation);
+        }
+        self.entries.truncate(keep);
+        self.entries.shrink_to(keep.max(SMALL_SLAB));
+        self.next_free = NO_SLOT;
+        for (index, entry) in self.entries.iter_mut().enumerate().rev() {
+            if let Slot::Vacant { next_free } = &mut entry.slot {
+                *next_free = self.next_free;
+                self.next_free = index as u32; // < slots, which fit in u32
+            }
+        }
+        true
+    }
+    // ANCHOR_END: shrink
 
     /// Every stored value with its token, in slot order.
     #[cfg(test)]
@@ -330,6 +390,57 @@ mod tests {
         assert_eq!(slab.entries.len(), 4, "no new slot while free ones exist");
         assert_eq!(slab.capacity(), 4);
         assert_eq!(slab.insert(12).index(), 4, "full: now it grows");
+    }
+
+    #[test]
+    fn shrinks_after_a_crowd_leaves_and_remaining_tokens_stay_valid() {
+        let mut slab = Slab::new();
+        let tokens: Vec<Token> = (0..10_000).map(|i| slab.insert(i)).collect();
+        let grown = slab.capacity();
+        // Everyone leaves except a few in the bottom part of the slab.
+        let stay = [3, 100, 2_000];
+        for (i, &token) in tokens.iter().enumerate() {
+            if !stay.contains(&i) {
+                slab.remove(token);
+            }
+        }
+        assert!(slab.shrink_if_mostly_empty(), "mostly empty, vacant tail");
+        assert!(
+            slab.capacity() < grown / 4,
+            "{} of {grown}",
+            slab.capacity()
+        );
+        assert_eq!(slab.entries.len(), 2_001, "only the vacant tail dropped");
+        for i in stay {
+            assert_eq!(slab.get(tokens[i]), Some(&i), "live token {i}");
+        }
+        // A token for a dropped slot stays stale when the index comes back.
+        let gone = tokens[9_999];
+        let again: Vec<Token> = (0..10_000).map(|i| slab.insert(i)).collect();
+        assert!(again.iter().any(|t| t.index() == gone.index()));
+        assert_eq!(slab.get(gone), None);
+        assert_eq!(slab.remove(gone), None);
+        // The rebuilt free list hands out the lowest vacant slots first.
+        assert_eq!(again[0].index(), 0);
+        assert_eq!(again[1].index(), 1);
+        assert_eq!(slab.len(), 10_003);
+    }
+
+    #[test]
+    fn does_not_shrink_with_a_live_entry_near_the_top() {
+        let mut slab = Slab::new();
+        let tokens: Vec<Token> = (0..4_000).map(|i| slab.insert(i)).collect();
+        for &token in &tokens[..3_999] {
+            slab.remove(token);
+        }
+        assert!(!slab.shrink_if_mostly_empty(), "a live entry pins the top");
+        assert_eq!(slab.get(tokens[3_999]), Some(&3_999));
+        slab.remove(tokens[3_999]);
+        assert!(slab.shrink_if_mostly_empty());
+        assert_eq!(slab.entries.len(), 0);
+        assert!(slab.is_empty());
+        let token = slab.insert(7);
+        assert_eq!(slab.get(token), Some(&7));
     }
 
     #[test]

@@ -248,6 +248,17 @@ impl TimerWheel {
     }
     // ANCHOR_END: cancel
 
+    /// Gives back the links of keys `keys..` after the slab has shrunk below
+    /// them (see `Slab::shrink_if_mostly_empty`): the `Vec` grew to the
+    /// highest key ever scheduled and would otherwise keep 24 bytes per
+    /// connection of the peak. Only unarmed links at the end are dropped.
+    pub fn shrink_keys(&mut self, keys: usize) {
+        while self.links.len() > keys && self.links.last().is_some_and(|l| !l.is_scheduled()) {
+            self.links.pop();
+        }
+        self.links.shrink_to(keys);
+    }
+
     // ANCHOR: expire
     // ANCHOR: expire_1
     // ANCHOR_END: expire_1
@@ -533,6 +544,27 @@ mod tests {
         let stats = wheel.stats();
         assert_eq!(stats.timer_ops(), 4);
         assert_eq!(stats.expired, 1);
+    }
+
+    #[test]
+    fn shrink_keys_drops_unarmed_links_past_the_end_only() {
+        let start = Instant::now();
+        let mut wheel = TimerWheel::new(Duration::from_millis(10), 16, start);
+        for key in 0..5_000 {
+            wheel.schedule(key, start + Duration::from_millis(50));
+        }
+        for key in 10..5_000 {
+            wheel.cancel(key);
+        }
+        wheel.schedule(3_000, start + Duration::from_millis(50));
+        wheel.shrink_keys(10);
+        assert!(wheel.is_scheduled(3_000), "an armed link is never dropped");
+        wheel.cancel(3_000);
+        wheel.shrink_keys(10);
+        assert!(wheel.capacities().1 < 5_000);
+        assert_eq!(wheel.len(), 10);
+        let fired = expired_at(&mut wheel, start + Duration::from_millis(60));
+        assert_eq!(fired, (0..10).collect::<Vec<_>>());
     }
 
     #[test]

@@ -7,6 +7,8 @@
 loadgen::conformance_tests!(
     env!("CARGO_BIN_EXE_ch09-io-uring"),
     [
+        "--procs",
+        "1",
         "--threads",
         "1",
         "--recv-buffers",

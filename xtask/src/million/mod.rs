@@ -87,7 +87,8 @@ pub struct MillionArgs {
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
     /// Record this run in the book: write book/src/results/million.json and
-    /// render book/src/generated/million.md from it (chapter 08 includes it).
+    /// render book/src/generated/million.md from it (chapter 08 includes it;
+    /// with `--server ch09-io-uring`, million-ch09.json and .md, chapter 09).
     #[arg(long)]
     record: bool,
     /// Record an earlier run's `--json` report in the book instead of running.
@@ -204,11 +205,7 @@ pub fn run(args: &MillionArgs) -> TaskResult {
         return check_recorded();
     }
     if args.render {
-        let json = fs::read_to_string(report::recorded_json())
-            .map_err(|e| TaskError::Failed(format!("reading the recorded run: {e}")))?;
-        let report: Report = serde_json::from_str(&json)
-            .map_err(|e| TaskError::Failed(format!("the recorded run: {e}")))?;
-        record(&report)?;
+        report::render_recorded()?;
         flamegraph::render_recorded()?;
         return experiments::render_recorded();
     }

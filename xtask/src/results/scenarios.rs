@@ -465,8 +465,13 @@ impl Bench {
         let mut per_message: BTreeMap<&str, f64> = BTreeMap::new();
         let servers: [(&str, &str, &[&str]); 3] = [
             ("03 ET", "ch03-epoll-edge-triggered", &[]),
-            ("09 io_uring", "ch09-io-uring", &[]),
-            ("09 io_uring --sqpoll", "ch09-io-uring", &["--sqpoll"]),
+            // One worker process, as in the matrix (SERVERS).
+            ("09 io_uring", "ch09-io-uring", &["--procs", "1"]),
+            (
+                "09 io_uring --sqpoll",
+                "ch09-io-uring",
+                &["--procs", "1", "--sqpoll"],
+            ),
         ];
         for (label, server, args) in servers {
             let r = self
