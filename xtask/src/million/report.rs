@@ -558,9 +558,8 @@ pub(super) fn render_recorded() -> TaskResult {
         let Ok(json) = fs::read_to_string(recorded.json()) else {
             continue;
         };
-        let report: Report = serde_json::from_str(&json).map_err(|e| {
-            TaskError::Failed(format!("{}: {e}", recorded.json().display()))
-        })?;
+        let report: Report = serde_json::from_str(&json)
+            .map_err(|e| TaskError::Failed(format!("{}: {e}", recorded.json().display())))?;
         record(&report)?;
     }
     Ok(())
