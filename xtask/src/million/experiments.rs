@@ -4,15 +4,14 @@
 //! machine, A, B, A, B, and the page shows every run, not a chosen one.
 
 use std::fmt::Write as _;
-use std::fs;
-use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use super::ramp_profile::HandshakeCounters;
+use super::recorded::RecordedRuns;
 use super::report::Report;
 use crate::results::format::thousands;
-use crate::run::{TaskError, workspace_root};
+use crate::run::TaskError;
 
 /// One run's ramp, as the experiments page shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -56,65 +55,35 @@ impl ExperimentRun {
     }
 }
 
-fn recorded_json() -> PathBuf {
-    workspace_root().join("book/src/results/ramp-experiments.json")
-}
-
-fn recorded_page() -> PathBuf {
-    workspace_root().join("book/src/generated/ramp-experiments.md")
-}
-
-fn read_recorded() -> Result<Vec<ExperimentRun>, TaskError> {
-    match fs::read_to_string(recorded_json()) {
-        Ok(json) => serde_json::from_str(&json)
-            .map_err(|e| TaskError::Failed(format!("book/src/results/ramp-experiments.json: {e}"))),
-        Err(_) => Ok(Vec::new()),
-    }
-}
+const RECORDED: RecordedRuns = RecordedRuns {
+    stem: "ramp-experiments",
+    command: "cargo xtask million --record-experiment LABEL",
+};
 
 /// Adds a run to the experiments and re-renders their page.
 pub(super) fn record(run: ExperimentRun) -> Result<(), TaskError> {
-    let mut runs = read_recorded()?;
+    let mut runs: Vec<ExperimentRun> = RECORDED.read()?;
     runs.push(run);
-    let json = serde_json::to_string_pretty(&runs)
-        .map_err(|e| TaskError::Failed(format!("encoding the experiments: {e}")))?;
-    for (path, text) in [
-        (recorded_json(), json + "\n"),
-        (recorded_page(), render(&runs)),
-    ] {
-        fs::write(&path, text)
-            .map_err(|e| TaskError::Failed(format!("writing {}: {e}", path.display())))?;
-        eprintln!("recorded in {}", path.display());
-    }
-    Ok(())
+    let page = render(&runs);
+    RECORDED.write(&runs, page)
 }
 
 /// Re-renders the page from the recorded runs.
 pub(super) fn render_recorded() -> Result<(), TaskError> {
-    let runs = read_recorded()?;
-    if !runs.is_empty() {
-        fs::write(recorded_page(), render(&runs))
-            .map_err(|e| TaskError::Failed(format!("writing the experiments page: {e}")))?;
+    let runs: Vec<ExperimentRun> = RECORDED.read()?;
+    if runs.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    RECORDED.write_page(render(&runs))
 }
 
 /// For `cargo xtask test`: the page is what the recorded runs render to.
 pub(super) fn check_recorded() -> Result<(), TaskError> {
-    let runs = read_recorded()?;
+    let runs: Vec<ExperimentRun> = RECORDED.read()?;
     if runs.is_empty() {
         return Ok(());
     }
-    if fs::read_to_string(recorded_page()).unwrap_or_default() != render(&runs) {
-        return Err(TaskError::Failed(
-            "book/src/generated/ramp-experiments.md differs from what \
-             book/src/results/ramp-experiments.json renders to; re-record with \
-             `cargo xtask million --record-experiment LABEL`"
-                .into(),
-        ));
-    }
-    eprintln!("    ok: book/src/generated/ramp-experiments.md matches ramp-experiments.json");
-    Ok(())
+    RECORDED.check_page(&render(&runs))
 }
 
 /// Every run in the order it was taken, then each label's median.

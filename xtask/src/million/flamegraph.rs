@@ -22,6 +22,7 @@ use std::time::Instant;
 use inferno::collapse::Collapse;
 use serde::{Deserialize, Serialize};
 
+use super::recorded::RecordedRuns;
 use crate::results::format::thousands;
 use crate::run::{TaskError, have, workspace_root};
 
@@ -358,72 +359,44 @@ fn ranked(counts: HashMap<String, u64>, total: u64) -> Vec<Share> {
 // ANCHOR: record
 /// Where `--record-flamegraph` keeps its windows (one per connection
 /// count), and the page the book includes.
-fn recorded_json() -> PathBuf {
-    workspace_root().join("book/src/results/ramp-flamegraphs.json")
-}
-
-fn recorded_page() -> PathBuf {
-    workspace_root().join("book/src/generated/ramp-flamegraphs.md")
-}
+const RECORDED: RecordedRuns = RecordedRuns {
+    stem: "ramp-flamegraphs",
+    command: "cargo xtask million --record-flamegraph",
+};
 
 /// Where a recorded run's flamegraph goes in the book.
 pub(super) fn book_svg(conns: usize) -> PathBuf {
     workspace_root().join(format!("book/src/img/ramp-flamegraph-{conns}.svg"))
 }
 
-fn read_recorded() -> Result<Vec<RampFlamegraph>, TaskError> {
-    match fs::read_to_string(recorded_json()) {
-        Ok(json) => serde_json::from_str(&json)
-            .map_err(|e| TaskError::Failed(format!("book/src/results/ramp-flamegraphs.json: {e}"))),
-        Err(_) => Ok(Vec::new()),
-    }
-}
-
 /// Replaces the recorded window at this connection count and re-renders
 /// the page.
 pub(super) fn record(run: &RampFlamegraph) -> Result<(), TaskError> {
-    let mut runs = read_recorded()?;
+    let mut runs: Vec<RampFlamegraph> = RECORDED.read()?;
     runs.retain(|r| r.conns != run.conns);
     runs.push(run.clone());
     runs.sort_by_key(|r| r.conns);
-    let json = serde_json::to_string_pretty(&runs)
-        .map_err(|e| TaskError::Failed(format!("encoding the flamegraphs: {e}")))?;
-    for (path, text) in [
-        (recorded_json(), json + "\n"),
-        (recorded_page(), render(&runs)),
-    ] {
-        fs::write(&path, text)
-            .map_err(|e| TaskError::Failed(format!("writing {}: {e}", path.display())))?;
-        eprintln!("recorded in {}", path.display());
-    }
-    Ok(())
+    let page = render(&runs);
+    RECORDED.write(&runs, page)
 }
 
 /// Re-renders the page from the recorded windows.
 pub(super) fn render_recorded() -> Result<(), TaskError> {
-    let runs = read_recorded()?;
-    if !runs.is_empty() {
-        fs::write(recorded_page(), render(&runs))
-            .map_err(|e| TaskError::Failed(format!("writing the flamegraphs page: {e}")))?;
-    }
-    Ok(())
-}
-
-/// For `cargo xtask test`: the page is what the recorded windows render to.
-pub(super) fn check_recorded() -> Result<(), TaskError> {
-    let runs = read_recorded()?;
+    let runs: Vec<RampFlamegraph> = RECORDED.read()?;
     if runs.is_empty() {
         return Ok(());
     }
-    let page = fs::read_to_string(recorded_page()).unwrap_or_default();
-    if page != render(&runs) {
-        return Err(TaskError::Failed(
-            "book/src/generated/ramp-flamegraphs.md differs from what \
-             book/src/results/ramp-flamegraphs.json renders to; re-record with \
-             `cargo xtask million --record-flamegraph`"
-                .into(),
-        ));
+    RECORDED.write_page(render(&runs))
+}
+
+/// For `cargo xtask test`: the page is what the recorded windows render to,
+/// and every flamegraph it shows exists.
+pub(super) fn check_recorded() -> Result<(), TaskError> {
+    let runs: Vec<RampFlamegraph> = RECORDED.read()?;
+    if runs.is_empty() {
+        return Ok(());
     }
+    RECORDED.check_page(&render(&runs))?;
     for run in &runs {
         if !workspace_root().join(&run.svg).is_file() {
             return Err(TaskError::Failed(format!(
@@ -432,7 +405,6 @@ pub(super) fn check_recorded() -> Result<(), TaskError> {
             )));
         }
     }
-    eprintln!("    ok: book/src/generated/ramp-flamegraphs.md matches ramp-flamegraphs.json");
     Ok(())
 }
 // ANCHOR_END: record

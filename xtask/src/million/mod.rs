@@ -23,6 +23,7 @@ mod measure;
 mod procs;
 mod ramp;
 mod ramp_profile;
+mod recorded;
 mod report;
 
 use std::fs;

@@ -544,12 +544,7 @@ pub(super) fn record(r: &Report) -> TaskResult {
     if !r.ramp_samples.is_empty() {
         files.push((recorded.plot(), recorded.render_plot(r)?));
     }
-    for (path, text) in files {
-        fs::write(&path, text)
-            .map_err(|e| TaskError::Failed(format!("writing {}: {e}", path.display())))?;
-        eprintln!("recorded in {}", path.display());
-    }
-    Ok(())
+    super::recorded::write_files(files)
 }
 
 /// `--render`: every recorded run's page and plot again, from its JSON.
