@@ -1,10 +1,10 @@
 //! The scaled million the test command runs on every change.
 
-use super::{MIN_HOLD_SECONDS, MillionArgs, run};
+use super::{MillionArgs, run, shortest_hold};
 use crate::run::{TaskResult, workspace_root};
 
 /// The scaled million `cargo xtask test` runs once chapter 08 exists:
-/// `cargo xtask million --conns 50000 --procs 3 --skip-doctor`, so the
+/// `cargo xtask million --conns 50000 --procs 3 --probes 1 --skip-doctor`, so the
 /// multi-process path (3 server processes, 3 loadgen processes) runs on
 /// every change, judged on what is meaningful at 50,000: all held, every
 /// one answered, a clean tear-down. (The doctor is skipped: it would ask a
@@ -23,8 +23,9 @@ pub fn run_scaled_for_ci() -> TaskResult {
         server: "ch08-million-connections".to_string(),
         procs: "3".to_string(),
         rate: None,
-        hold: Some(MIN_HOLD_SECONDS),
+        hold: Some(shortest_hold(1)),
         active: 1000,
+        probes: 1,
         sources: "auto".to_string(),
         max_connecting: None,
         pin: false,

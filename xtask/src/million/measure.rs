@@ -18,7 +18,8 @@ use super::procs::{Helper, ServerGuard};
 use super::ramp::{OpenCounter, RampProgress, server_said};
 use super::ramp_profile::{HandshakeCounters, RampSample, phases};
 use super::report::{
-    KernelPerConn, Probe, Report, host_returned, probe_line, targets, time_wait_drained,
+    KernelPerConn, Probe, Report, host_returned, median_probe, probe_line, targets,
+    time_wait_drained,
 };
 use super::{
     Binaries, CLOSE_DEADLINE, LOADGEN_CORE, MillionArgs, PROBE_MESSAGE_BYTES, PROBE_SECONDS,
@@ -134,11 +135,9 @@ impl Run<'_> {
             "{} active connections, no idle ones",
             self.args.active
         ));
-        let probe = self.active_probe(server.addr())?;
-        eprintln!("    {}", probe_line(&probe));
-        self.report.rtt_no_idle = Some(probe);
-        // Let the probe's connections close before the baseline is taken.
-        thread::sleep(Duration::from_secs(1));
+        let probes = self.probe_phase(server.addr(), None)?;
+        self.report.rtt_no_idle = median_probe(&probes);
+        self.report.probes_no_idle = probes;
         let fds_before = server
             .open_fds()
             .map_err(|e| TaskError::Failed(format!("reading the server's descriptors: {e}")))?;
@@ -306,15 +305,38 @@ impl Run<'_> {
             "{} active connections with {} idle ones held",
             self.args.active, self.args.conns
         ));
-        if hold.has_exited() {
-            return Err(TaskError::Failed(
-                "loadgen's hold ended before the active probe could run".to_string(),
-            ));
-        }
-        let probe = self.active_probe(server.addr())?;
-        eprintln!("    {}", probe_line(&probe));
-        self.report.rtt_with_idle = Some(probe);
+        let probes = self.probe_phase(server.addr(), Some(&mut hold))?;
+        self.report.rtt_with_idle = median_probe(&probes);
+        self.report.probes_with_idle = probes;
         Ok(hold)
+    }
+
+    /// `--probes` active probes in a row, each printed, with a pause after
+    /// each for its connections to close. With `hold`, each must start and
+    /// end while loadgen still holds the idle connections.
+    fn probe_phase(
+        &mut self,
+        addr: SocketAddr,
+        mut hold: Option<&mut Helper>,
+    ) -> Result<Vec<Probe>, TaskError> {
+        let held_through = |hold: &mut Option<&mut Helper>, when: &str| {
+            if hold.as_mut().is_some_and(|h| h.has_exited()) {
+                return Err(TaskError::Failed(format!(
+                    "loadgen's hold ended {when} an active probe; give a longer --hold"
+                )));
+            }
+            Ok(())
+        };
+        let mut probes = Vec::new();
+        for k in 1..=self.args.probes {
+            held_through(&mut hold, "before")?;
+            let probe = self.active_probe(addr)?;
+            held_through(&mut hold, "during")?;
+            eprintln!("    probe {k}: {}", probe_line(&probe));
+            probes.push(probe);
+            thread::sleep(Duration::from_secs(1));
+        }
+        Ok(probes)
     }
 
     /// Waits for `loadgen hold` to end and takes its report.

@@ -68,6 +68,12 @@ pub struct MillionArgs {
     /// idle connections and once with all of them held.
     #[arg(long, default_value_t = 1000, value_name = "N")]
     active: usize,
+    /// Active probes in each of the two phases (none held, all held). The
+    /// p99 ratio is taken between the phases' medians, and each phase's
+    /// spread is shown: one probe's p99 varies from probe to probe by
+    /// more than the target allows.
+    #[arg(long, default_value_t = 3, value_name = "K", value_parser = clap::value_parser!(u64).range(1..=9))]
+    probes: u64,
     /// loadgen's `--sources` for the ramp: `auto` or a list such as
     /// `127.0.0.1-127.0.0.100`.
     #[arg(long, default_value = "auto", value_name = "ADDRS|auto")]
@@ -152,6 +158,13 @@ impl MillionArgs {
     }
 }
 
+/// The shortest hold that leaves its last quarter, after loadgen's verify
+/// pass (and the 2 s [`measure`] waits after it), to `probes` active
+/// probes with 2 s to spare, so the hold outlasts the last probe.
+fn shortest_hold(probes: u64) -> u64 {
+    (4 * (probes * PROBE_SLOT_SECONDS + 4)).max(MIN_HOLD_SECONDS)
+}
+
 fn parse_procs(text: &str) -> Result<String, String> {
     match text {
         "auto" => Ok(text.to_string()),
@@ -163,19 +176,21 @@ fn parse_procs(text: &str) -> Result<String, String> {
 }
 
 // ANCHOR: targets
-/// The issue's targets. The timing and the latency ratio are claims about a
-/// million on one host: below that they are measured and shown, not judged.
+/// The issues' targets (#15 set the ramp's time and the p99 ratio). The
+/// timing and the latency ratio are claims about a million on one host:
+/// below that they are measured and shown, not judged.
 const TARGET_CONNS: usize = 1_000_000;
-const TARGET_ESTABLISH_SECONDS: f64 = 30.0;
+const TARGET_ESTABLISH_SECONDS: f64 = 20.0;
 const TARGET_USER_BYTES_PER_CONN: f64 = 128.0;
-const TARGET_P99_RATIO: f64 = 1.5;
+const TARGET_P99_RATIO: f64 = 1.2;
 // ANCHOR_END: targets
 
-/// The hold must leave room after the verify pass (its first three
-/// quarters) for the active probe (1 s warm-up, 5 s measured, connects).
+/// The shortest hold loadgen is given; longer when the probes need it.
 const MIN_HOLD_SECONDS: u64 = 40;
 const PROBE_WARMUP_SECONDS: u64 = 1;
 const PROBE_SECONDS: u64 = 5;
+/// One active probe with its connects, its report and the pause after it.
+const PROBE_SLOT_SECONDS: u64 = PROBE_WARMUP_SECONDS + PROBE_SECONDS + 2;
 const PROBE_MESSAGE_BYTES: usize = 64;
 /// A ramp that gains no connection for this long has failed.
 const RAMP_STALL: Duration = Duration::from_secs(30);
@@ -228,13 +243,16 @@ pub fn run(args: &MillionArgs) -> TaskResult {
             "--conns and --active must be at least 1".to_string(),
         ));
     }
+    let shortest = shortest_hold(args.probes);
     let hold_seconds = args
         .hold
-        .unwrap_or(MIN_HOLD_SECONDS + args.conns as u64 / 25_000);
-    if hold_seconds < MIN_HOLD_SECONDS {
+        .unwrap_or((MIN_HOLD_SECONDS + args.conns as u64 / 25_000).max(shortest));
+    if hold_seconds < shortest {
         return Err(TaskError::Usage(format!(
-            "--hold {hold_seconds}: at least {MIN_HOLD_SECONDS} s, so the active probe fits \
-             after the verify pass (the first three quarters of the hold)"
+            "--hold {hold_seconds}: at least {shortest} s, so {} active probe(s) fit after \
+             the verify pass (the first three quarters of the hold); give a longer --hold \
+             or fewer --probes",
+            args.probes
         )));
     }
     if !args.skip_doctor {
@@ -330,5 +348,18 @@ mod tests {
         assert!(parse_procs("0").is_err());
         assert!(parse_procs("-1").is_err());
         assert!(parse_procs("many").is_err());
+    }
+
+    #[test]
+    fn the_hold_leaves_its_last_quarter_to_the_probes() {
+        for probes in 1..=9 {
+            let hold = shortest_hold(probes);
+            let last_quarter = hold - hold * 3 / 4;
+            assert!(
+                last_quarter >= 2 + probes * PROBE_SLOT_SECONDS + 2,
+                "{probes} probes, {hold} s"
+            );
+            assert!(hold >= MIN_HOLD_SECONDS);
+        }
     }
 }
