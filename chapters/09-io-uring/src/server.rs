@@ -240,13 +240,12 @@ impl Server {
     }
 
     // ANCHOR: publish_counts
-    /// Copies the counts kept elsewhere (the ring's, the worker pool's, the
-    /// timing wheel's, this thread's `accept4` calls) into the shared slot:
-    /// a few relaxed stores per turn, read by the supervisor whenever it
-    /// likes.
+    /// Copies the counts kept elsewhere (the ring's, the timing wheel's,
+    /// this thread's `accept4` calls) into the shared slot: a few relaxed
+    /// stores per turn, read by the supervisor whenever it likes. Everything
+    /// else the reactor counts straight into the slot (`bump`).
     fn publish_counts(&mut self) {
         let ring = self.ring.stats();
-        let workers = self.workers.stats();
         let timers = self.idle.as_ref().map(IdleTimeouts::stats);
         let stats = self.stats;
         for (counter, value) in [
@@ -256,9 +255,6 @@ impl Server {
             (&stats.cq_overflow, ring.cq_overflow),
             (&stats.sq_full, ring.sq_full),
             (&stats.accept_calls, sys::accept_calls()),
-            (&stats.jobs, workers.jobs),
-            (&stats.queue_full, workers.queue_full),
-            (&stats.queue_high_water, workers.queue_high_water as u64),
             (&stats.timer_ops, timers.map_or(0, |t| t.timer_ops())),
             (&stats.timers_moved, timers.map_or(0, |t| t.moved)),
         ] {
@@ -452,7 +448,6 @@ impl Server {
         for done in completed.drain(..) {
             let Some(connection) = self.connections.get_mut(done.connection) else {
                 // Closed while its job ran; the slot may hold someone else.
-                bump(&self.stats.results_dropped, 1);
                 give_back_vec(&mut self.spare_vecs, done.data);
                 continue;
             };
@@ -804,16 +799,11 @@ fn take_input(
 // ANCHOR_END: take_input
 
 /// Where the `--work-us` work for `data` runs (`--offload`): `true` if it
-/// is to go to the pool now; otherwise it has run here already (nothing, if
+/// is to go to the pool now (the caller submits it: one job); otherwise it has run here already (nothing, if
 /// it asks for none). With the pool's queue full, dear work runs here too:
 /// the reactor slows down, which is the back-pressure the queue would have
 /// applied.
-fn work_here_or_pool(
-    data: &[u8],
-    workers: &mut Workers,
-    stats: &ReactorStats,
-    config: Config,
-) -> bool {
+fn work_here_or_pool(data: &[u8], workers: &Workers, stats: &ReactorStats, config: Config) -> bool {
     let work = work_for(data, config.work_per_newline);
     let to_pool = match config.offload {
         Offload::Always => true,
@@ -821,10 +811,11 @@ fn work_here_or_pool(
         Offload::Auto => work > config.offload_above,
     };
     if to_pool && workers.has_room() {
+        bump(&stats.jobs, 1);
         return true;
     }
     if to_pool {
-        workers.note_queue_full();
+        bump(&stats.queue_full, 1);
     }
     if !work.is_zero() {
         spend_work(data, config.work_per_newline);
