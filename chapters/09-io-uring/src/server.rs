@@ -60,9 +60,6 @@ const RESERVED: Token = Token::reserved(0);
 pub struct Config {
     /// `--work-us`: CPU time to burn per newline before echoing it.
     pub work_per_newline: Duration,
-    /// `--offload` and `--offload-above-us`.
-    pub offload: Offload,
-    pub offload_above: Duration,
     /// `--max-pending`: stop receiving from a client that owes this many.
     pub max_pending: usize,
     /// `--workers`: threads in the pool.
@@ -71,8 +68,14 @@ pub struct Config {
     pub pool: PoolKind,
     /// `--queue-depth`: the most jobs handed over and not yet answered.
     pub queue_depth: usize,
-    /// `--idle-timeout`: close connections that move no data for this long.
+    /// `--idle-timeout`: close connections that move no data for this
+    /// long; `None`: never.
     pub idle_timeout: Option<Duration>,
+    /// `--offload`: which reads' work goes to the pool.
+    pub offload: Offload,
+    /// `--offload-above-us`: with `--offload auto`, work that costs more
+    /// than this goes to the pool; anything cheaper runs on the loop.
+    pub offload_above: Duration,
     /// `--ring-entries`: submission queue slots.
     pub ring_entries: u32,
     /// `--recv-buffers` and `--recv-buffer-size`: the provided buffer ring.
