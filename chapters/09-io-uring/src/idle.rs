@@ -57,14 +57,14 @@ impl IdleTimeouts {
         self.wheel.cancel(key);
     }
 
+    /// How long the turn's `io_uring_enter` may wait before a deadline is due.
+    pub fn next_timeout(&self, now: Instant) -> Option<Duration> {
+        self.wheel.next_timeout(now)
+    }
+
     /// The slab has shrunk to `keys` slots: let the wheel shrink with it.
     pub fn shrink_keys(&mut self, keys: usize) {
         self.wheel.shrink_keys(keys);
-    }
-
-    /// How long `epoll_wait` may sleep before a deadline is due.
-    pub fn next_timeout(&self, now: Instant) -> Option<Duration> {
-        self.wheel.next_timeout(now)
     }
 
     /// Appends to `expired` the slots of the connections idle for the

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
-use crate::stats::{Counters, ITERATION_BUCKET_BOUNDS_NS};
+use crate::stats::{COUNTERS, Counters, ITERATION_BUCKET_BOUNDS_NS};
 use crate::sys::{
     self, EDGE_TRIGGERED, Epoll, Event, Fd, Listener, READ_CLOSED, READABLE, Socket, WRITABLE,
 };
@@ -85,6 +85,7 @@ pub fn status_line(sample: &Sample) -> String {
 // ANCHOR_END: status_line
 
 // ANCHOR: render
+// ANCHOR: render_1
 /// The Prometheus text exposition format (version 0.0.4): for each metric a
 /// `# HELP` and `# TYPE` line, then `name{labels} value` lines.
 pub fn render(sample: &Sample) -> String {
@@ -102,48 +103,11 @@ pub fn render(sample: &Sample) -> String {
         "Connections accepted and not yet closed, over all workers.",
         total.open(),
     );
-    metric(
-        "c1m_connections_accepted_total",
-        "counter",
-        "Connections accepted.",
-        total.accepted,
-    );
-    metric(
-        "c1m_connections_closed_total",
-        "counter",
-        "Connections closed, for any reason (a dead worker's count as closed).",
-        total.closed,
-    );
-    metric(
-        "c1m_connections_reaped_total",
-        "counter",
-        "Connections closed by the idle timer (--idle-timeout).",
-        total.reaped,
-    );
-    metric(
-        "c1m_connections_shed_total",
-        "counter",
-        "Connections closed at once because a worker was out of descriptors.",
-        total.shed,
-    );
-    metric(
-        "c1m_bytes_received_total",
-        "counter",
-        "Bytes read from clients.",
-        total.bytes_received,
-    );
-    metric(
-        "c1m_bytes_sent_total",
-        "counter",
-        "Bytes written to clients.",
-        total.bytes_sent,
-    );
-    metric(
-        "c1m_loop_wakeups_total",
-        "counter",
-        "Turns of the loop (returns from io_uring_enter), over all reactors.",
-        total.wakeups,
-    );
+    for counter in COUNTERS {
+        if let Some(name) = counter.metric {
+            metric(name, "counter", counter.help, (counter.value)(total));
+        }
+    }
     metric(
         "c1m_resident_memory_bytes",
         "gauge",
@@ -163,6 +127,7 @@ pub fn render(sample: &Sample) -> String {
         sample.restarts,
     );
 
+    // ANCHOR_END: render_1
     let name = "c1m_loop_iteration_seconds";
     let _ = writeln!(
         out,
@@ -185,6 +150,7 @@ pub fn render(sample: &Sample) -> String {
         "{name}_sum {}\n{name}_count {cumulative}",
         total.iteration_ns_sum as f64 / 1e9
     );
+    // ANCHOR: render_2
 
     // Per worker: the two numbers that show balance and leaks.
     for (name, help) in [
@@ -209,6 +175,7 @@ pub fn render(sample: &Sample) -> String {
     }
     out
 }
+// ANCHOR_END: render_2
 // ANCHOR_END: render
 
 // ANCHOR: http

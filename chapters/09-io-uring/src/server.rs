@@ -60,9 +60,6 @@ const RESERVED: Token = Token::reserved(0);
 pub struct Config {
     /// `--work-us`: CPU time to burn per newline before echoing it.
     pub work_per_newline: Duration,
-    /// `--offload` and `--offload-above-us`.
-    pub offload: Offload,
-    pub offload_above: Duration,
     /// `--max-pending`: stop receiving from a client that owes this many.
     pub max_pending: usize,
     /// `--workers`: threads in the pool.
@@ -71,8 +68,14 @@ pub struct Config {
     pub pool: PoolKind,
     /// `--queue-depth`: the most jobs handed over and not yet answered.
     pub queue_depth: usize,
-    /// `--idle-timeout`: close connections that move no data for this long.
+    /// `--idle-timeout`: close connections that move no data for this
+    /// long; `None`: never.
     pub idle_timeout: Option<Duration>,
+    /// `--offload`: which reads' work goes to the pool.
+    pub offload: Offload,
+    /// `--offload-above-us`: with `--offload auto`, work that costs more
+    /// than this goes to the pool; anything cheaper runs on the loop.
+    pub offload_above: Duration,
     /// `--ring-entries`: submission queue slots.
     pub ring_entries: u32,
     /// `--recv-buffers` and `--recv-buffer-size`: the provided buffer ring.
@@ -240,13 +243,12 @@ impl Server {
     }
 
     // ANCHOR: publish_counts
-    /// Copies the counts kept elsewhere (the ring's, the worker pool's, the
-    /// timing wheel's, this thread's `accept4` calls) into the shared slot:
-    /// a few relaxed stores per turn, read by the supervisor whenever it
-    /// likes.
+    /// Copies the counts kept elsewhere (the ring's, the timing wheel's,
+    /// this thread's `accept4` calls) into the shared slot: a few relaxed
+    /// stores per turn, read by the supervisor whenever it likes. Everything
+    /// else the reactor counts straight into the slot (`bump`).
     fn publish_counts(&mut self) {
         let ring = self.ring.stats();
-        let workers = self.workers.stats();
         let timers = self.idle.as_ref().map(IdleTimeouts::stats);
         let stats = self.stats;
         for (counter, value) in [
@@ -256,9 +258,6 @@ impl Server {
             (&stats.cq_overflow, ring.cq_overflow),
             (&stats.sq_full, ring.sq_full),
             (&stats.accept_calls, sys::accept_calls()),
-            (&stats.jobs, workers.jobs),
-            (&stats.queue_full, workers.queue_full),
-            (&stats.queue_high_water, workers.queue_high_water as u64),
             (&stats.timer_ops, timers.map_or(0, |t| t.timer_ops())),
             (&stats.timers_moved, timers.map_or(0, |t| t.moved)),
         ] {
@@ -452,7 +451,6 @@ impl Server {
         for done in completed.drain(..) {
             let Some(connection) = self.connections.get_mut(done.connection) else {
                 // Closed while its job ran; the slot may hold someone else.
-                bump(&self.stats.results_dropped, 1);
                 give_back_vec(&mut self.spare_vecs, done.data);
                 continue;
             };
@@ -804,16 +802,11 @@ fn take_input(
 // ANCHOR_END: take_input
 
 /// Where the `--work-us` work for `data` runs (`--offload`): `true` if it
-/// is to go to the pool now; otherwise it has run here already (nothing, if
+/// is to go to the pool now (the caller submits it: one job); otherwise it has run here already (nothing, if
 /// it asks for none). With the pool's queue full, dear work runs here too:
 /// the reactor slows down, which is the back-pressure the queue would have
 /// applied.
-fn work_here_or_pool(
-    data: &[u8],
-    workers: &mut Workers,
-    stats: &ReactorStats,
-    config: Config,
-) -> bool {
+fn work_here_or_pool(data: &[u8], workers: &Workers, stats: &ReactorStats, config: Config) -> bool {
     let work = work_for(data, config.work_per_newline);
     let to_pool = match config.offload {
         Offload::Always => true,
@@ -821,10 +814,11 @@ fn work_here_or_pool(
         Offload::Auto => work > config.offload_above,
     };
     if to_pool && workers.has_room() {
+        bump(&stats.jobs, 1);
         return true;
     }
     if to_pool {
-        workers.note_queue_full();
+        bump(&stats.queue_full, 1);
     }
     if !work.is_zero() {
         spend_work(data, config.work_per_newline);

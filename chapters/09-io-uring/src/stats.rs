@@ -36,62 +36,153 @@ pub const ITERATION_BUCKETS: usize = ITERATION_BUCKET_BOUNDS_NS.len() + 1;
 // ANCHOR_END: buckets
 
 // ANCHOR: reactor_stats
-/// One reactor's counters, as they lie in shared memory. Aligned to a cache
-/// line so two reactors never write the same line.
-#[repr(C, align(64))]
-#[derive(Debug, Default)]
-pub struct ReactorStats {
-    pub accepted: AtomicU64,
-    pub closed: AtomicU64,
-    /// Closed by the idle timer (`--idle-timeout`).
-    pub reaped: AtomicU64,
-    /// Accepted and closed at once because the worker was out of descriptors.
-    pub shed: AtomicU64,
-    pub bytes_received: AtomicU64,
-    pub bytes_sent: AtomicU64,
-    /// Turns of the loop: returns from its wait in `io_uring_enter`.
-    pub wakeups: AtomicU64,
-    /// `io_uring_enter` calls, submission entries, completions reaped.
-    pub io_uring_enter: AtomicU64,
-    pub sqes: AtomicU64,
-    pub completions: AtomicU64,
-    /// Completions the completion queue had no room for (kept aside by the
-    /// kernel, none lost) and turns whose submission queue filled up.
-    pub cq_overflow: AtomicU64,
-    pub sq_full: AtomicU64,
-    /// `accept4` calls (only to shed a connection when out of descriptors).
-    pub accept_calls: AtomicU64,
+/// Declares every counter a reactor keeps, once, and generates from that
+/// list: the shared-memory slot ([`ReactorStats`]), its plain copy
+/// ([`Counters`]: read, add up, zero), and [`COUNTERS`], which the summary
+/// line and the Prometheus page walk. A counter with `summary "key"` is
+/// printed as `key=N` on the summary line; one with `metric "name"` is
+/// served on `/metrics` as a Prometheus counter with its doc as the help.
+macro_rules! counters {
+    ($(
+        #[doc = $help:literal]
+        $name:ident $(, summary $key:literal)? $(, metric $metric:literal)?;
+    )*) => {
+        /// One reactor's counters, as they lie in shared memory. Aligned to
+        /// a cache line so two reactors never write the same line.
+        #[repr(C, align(64))]
+        #[derive(Debug, Default)]
+        pub struct ReactorStats {
+            $(#[doc = $help] pub $name: AtomicU64,)*
+            /// Time from `io_uring_enter` returning to the loop calling it
+            /// again, summed and bucketed: how long each wake-up kept the
+            /// loop busy.
+            pub iteration_ns_sum: AtomicU64,
+            pub iteration_buckets: [AtomicU64; ITERATION_BUCKETS],
+        }
+
+        /// A plain copy of the counters, to add up and print.
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct Counters {
+            $(pub $name: u64,)*
+            pub iteration_ns_sum: u64,
+            pub iteration_buckets: [u64; ITERATION_BUCKETS],
+        }
+
+        impl Counters {
+            pub fn of(stats: &ReactorStats) -> Counters {
+                let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+                Counters {
+                    $($name: load(&stats.$name),)*
+                    iteration_ns_sum: load(&stats.iteration_ns_sum),
+                    iteration_buckets: stats.iteration_buckets.each_ref().map(load),
+                }
+            }
+
+            pub fn add(&mut self, other: &Counters) {
+                $(self.$name += other.$name;)*
+                self.iteration_ns_sum += other.iteration_ns_sum;
+                for (sum, count) in self
+                    .iteration_buckets
+                    .iter_mut()
+                    .zip(other.iteration_buckets)
+                {
+                    *sum += count;
+                }
+            }
+        }
+
+        impl ReactorStats {
+            /// Every counter in the slot, for `reset`.
+            fn counters(&self) -> impl Iterator<Item = &AtomicU64> {
+                [$(&self.$name,)* &self.iteration_ns_sum]
+                    .into_iter()
+                    .chain(self.iteration_buckets.iter())
+            }
+        }
+
+        /// Every counter, in declaration order, for the summary line and
+        /// the Prometheus page.
+        pub const COUNTERS: &[Counter] = &[$(Counter {
+            summary: optional!($($key)?),
+            metric: optional!($($metric)?),
+            help: $help.trim_ascii_start(),
+            value: |counters| counters.$name,
+        },)*];
+    };
+}
+
+/// `Some(x)` for a given `x`, `None` for nothing (for the table's optional
+/// columns).
+macro_rules! optional {
+    () => {
+        None
+    };
+    ($value:expr) => {
+        Some($value)
+    };
+}
+
+/// One counter, as the summary line and the Prometheus page see it.
+pub struct Counter {
+    /// Its key on the summary line, if it is printed there.
+    pub summary: Option<&'static str>,
+    /// Its Prometheus name, if it is served on `/metrics`.
+    pub metric: Option<&'static str>,
+    pub help: &'static str,
+    pub value: fn(&Counters) -> u64,
+}
+
+counters! {
+    /// Connections accepted.
+    accepted, summary "connections_served", metric "c1m_connections_accepted_total";
+    /// Connections closed, for any reason (a dead worker's count as closed).
+    closed, metric "c1m_connections_closed_total";
+    /// Connections closed by the idle timer (--idle-timeout).
+    reaped, summary "reaped", metric "c1m_connections_reaped_total";
+    /// Connections closed at once because a worker was out of descriptors.
+    shed, summary "shed", metric "c1m_connections_shed_total";
+    /// Bytes read from clients.
+    bytes_received, summary "bytes_received", metric "c1m_bytes_received_total";
+    /// Bytes written to clients.
+    bytes_sent, summary "bytes_sent", metric "c1m_bytes_sent_total";
+    /// Turns of the loop (returns from io_uring_enter), over all reactors.
+    wakeups, summary "loop_wakeups", metric "c1m_loop_wakeups_total";
+    /// io_uring_enter calls.
+    io_uring_enter, summary "io_uring_enter";
+    /// Submission queue entries submitted.
+    sqes, summary "sqes";
+    /// Completions reaped.
+    completions, summary "completions";
+    /// Completions the completion queue had no room for (kept aside by the kernel, none lost).
+    cq_overflow, summary "cq_overflow";
+    /// Turns whose submission queue filled up (submitted early, mid-turn).
+    sq_full, summary "sq_full";
     /// Multishot receives armed (one per connection, plus one per re-arm).
-    pub recv_armed: AtomicU64,
+    recv_armed, summary "recv_armed";
     /// Receives that ended because the buffer ring was empty.
-    pub enobufs: AtomicU64,
+    enobufs, summary "enobufs";
     /// Sends the kernel took only part of: the rest was sent again.
-    pub short_sends: AtomicU64,
-    /// Receives cancelled because a client owed `--max-pending` bytes.
-    pub backpressure_stops: AtomicU64,
+    short_sends, summary "short_sends";
+    /// Receives cancelled because a client owed --max-pending bytes.
+    backpressure_stops, summary "backpressure_stops";
     /// Completions whose connection was gone (a generation mismatch).
-    pub stale_completions: AtomicU64,
-    /// Receives handed to the worker threads as jobs (`--work-us`).
-    pub jobs: AtomicU64,
-    /// Receives whose work ran on the reactor itself (`--offload`).
-    pub inline: AtomicU64,
-    /// Receives that wanted the pool while its queue was full; the most
-    /// jobs out at once; results for a connection closed meanwhile.
-    pub queue_full: AtomicU64,
-    pub queue_high_water: AtomicU64,
-    pub results_dropped: AtomicU64,
-    /// Timing-wheel operations: schedule, touch, cancel (`--idle-timeout`),
-    /// and timers a lazy touch had to relink.
-    pub timer_ops: AtomicU64,
-    pub timers_moved: AtomicU64,
-    /// Connections still owed echo when the shutdown grace ran out, and the
-    /// queued bytes they were owed (not counting jobs still running).
-    pub shutdown_dropped: AtomicU64,
-    pub shutdown_dropped_bytes: AtomicU64,
-    /// Time from `io_uring_enter` returning to the loop calling it again, summed
-    /// and bucketed: how long each wake-up kept the loop busy.
-    pub iteration_ns_sum: AtomicU64,
-    pub iteration_buckets: [AtomicU64; ITERATION_BUCKETS],
+    stale_completions, summary "stale_completions";
+    /// accept4 calls (only to shed a connection when out of descriptors).
+    accept_calls, summary "accept";
+    /// Reads handed to the worker threads as jobs (--work-us).
+    jobs, summary "jobs";
+    /// Reads whose work ran on the reactor itself (--offload).
+    inline, summary "inline";
+    /// Times a receive's work wanted the pool but the job queue was full, so it ran on the reactor.
+    queue_full, summary "queue_full";
+    /// Timing-wheel operations: schedule, touch, cancel (--idle-timeout).
+    timer_ops, summary "timer_ops";
+    /// Timers relinked because a touch had moved their deadline (the work a lazy touch defers).
+    timers_moved, summary "timers_moved";
+    /// Connections still owed echo when the shutdown grace ran out.
+    shutdown_dropped, summary "shutdown_dropped";
+    /// The queued bytes those connections were owed (not counting jobs still running).
+    shutdown_dropped_bytes, summary "shutdown_dropped_bytes";
 }
 
 /// Adds `n` to a counter that only the calling thread writes: a plain load
@@ -180,118 +271,10 @@ impl WorkerStats {
 // ANCHOR_END: worker_stats
 
 // ANCHOR: counters
-/// A plain copy of the counters, to add up and print.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub accepted: u64,
-    pub closed: u64,
-    pub reaped: u64,
-    pub shed: u64,
-    pub bytes_received: u64,
-    pub bytes_sent: u64,
-    pub wakeups: u64,
-    pub io_uring_enter: u64,
-    pub sqes: u64,
-    pub completions: u64,
-    pub cq_overflow: u64,
-    pub sq_full: u64,
-    pub accept_calls: u64,
-    pub recv_armed: u64,
-    pub enobufs: u64,
-    pub short_sends: u64,
-    pub backpressure_stops: u64,
-    pub stale_completions: u64,
-    pub jobs: u64,
-    pub inline: u64,
-    pub queue_full: u64,
-    pub queue_high_water: u64,
-    pub results_dropped: u64,
-    pub timer_ops: u64,
-    pub timers_moved: u64,
-    pub shutdown_dropped: u64,
-    pub shutdown_dropped_bytes: u64,
-    pub iteration_ns_sum: u64,
-    pub iteration_buckets: [u64; ITERATION_BUCKETS],
-}
-
 impl Counters {
-    pub fn of(stats: &ReactorStats) -> Counters {
-        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        Counters {
-            accepted: load(&stats.accepted),
-            closed: load(&stats.closed),
-            reaped: load(&stats.reaped),
-            shed: load(&stats.shed),
-            bytes_received: load(&stats.bytes_received),
-            bytes_sent: load(&stats.bytes_sent),
-            wakeups: load(&stats.wakeups),
-            io_uring_enter: load(&stats.io_uring_enter),
-            sqes: load(&stats.sqes),
-            completions: load(&stats.completions),
-            cq_overflow: load(&stats.cq_overflow),
-            sq_full: load(&stats.sq_full),
-            accept_calls: load(&stats.accept_calls),
-            recv_armed: load(&stats.recv_armed),
-            enobufs: load(&stats.enobufs),
-            short_sends: load(&stats.short_sends),
-            backpressure_stops: load(&stats.backpressure_stops),
-            stale_completions: load(&stats.stale_completions),
-            jobs: load(&stats.jobs),
-            inline: load(&stats.inline),
-            queue_full: load(&stats.queue_full),
-            queue_high_water: load(&stats.queue_high_water),
-            results_dropped: load(&stats.results_dropped),
-            timer_ops: load(&stats.timer_ops),
-            timers_moved: load(&stats.timers_moved),
-            shutdown_dropped: load(&stats.shutdown_dropped),
-            shutdown_dropped_bytes: load(&stats.shutdown_dropped_bytes),
-            iteration_ns_sum: load(&stats.iteration_ns_sum),
-            iteration_buckets: stats.iteration_buckets.each_ref().map(load),
-        }
-    }
-
     /// Connections accepted and not yet closed.
     pub fn open(&self) -> u64 {
         self.accepted.saturating_sub(self.closed)
-    }
-
-    pub fn add(&mut self, other: &Counters) {
-        self.accepted += other.accepted;
-        self.closed += other.closed;
-        self.reaped += other.reaped;
-        self.shed += other.shed;
-        self.bytes_received += other.bytes_received;
-        self.bytes_sent += other.bytes_sent;
-        self.wakeups += other.wakeups;
-        self.io_uring_enter += other.io_uring_enter;
-        self.sqes += other.sqes;
-        self.completions += other.completions;
-        self.cq_overflow += other.cq_overflow;
-        self.sq_full += other.sq_full;
-        self.accept_calls += other.accept_calls;
-        self.recv_armed += other.recv_armed;
-        self.enobufs += other.enobufs;
-        self.short_sends += other.short_sends;
-        self.backpressure_stops += other.backpressure_stops;
-        self.stale_completions += other.stale_completions;
-        self.jobs += other.jobs;
-        self.inline += other.inline;
-        self.queue_full += other.queue_full;
-        // A high-water mark: the larger, not the sum.
-        self.queue_high_water = self.queue_high_water.max(other.queue_high_water);
-        self.results_dropped += other.results_dropped;
-        self.timer_ops += other.timer_ops;
-        self.timers_moved += other.timers_moved;
-        self.shutdown_dropped += other.shutdown_dropped;
-        self.shutdown_dropped_bytes += other.shutdown_dropped_bytes;
-        self.iteration_ns_sum += other.iteration_ns_sum;
-        for (sum, count) in self
-            .iteration_buckets
-            .iter_mut()
-            .zip(other.iteration_buckets)
-        {
-            *sum += count;
-        }
     }
 
     /// The counters of a worker that died: its open connections died with
@@ -302,43 +285,6 @@ impl Counters {
     }
 }
 // ANCHOR_END: counters
-
-impl ReactorStats {
-    fn counters(&self) -> impl Iterator<Item = &AtomicU64> {
-        [
-            &self.accepted,
-            &self.closed,
-            &self.reaped,
-            &self.shed,
-            &self.bytes_received,
-            &self.bytes_sent,
-            &self.wakeups,
-            &self.io_uring_enter,
-            &self.sqes,
-            &self.completions,
-            &self.cq_overflow,
-            &self.sq_full,
-            &self.accept_calls,
-            &self.recv_armed,
-            &self.enobufs,
-            &self.short_sends,
-            &self.backpressure_stops,
-            &self.stale_completions,
-            &self.jobs,
-            &self.inline,
-            &self.queue_full,
-            &self.queue_high_water,
-            &self.results_dropped,
-            &self.timer_ops,
-            &self.timers_moved,
-            &self.shutdown_dropped,
-            &self.shutdown_dropped_bytes,
-            &self.iteration_ns_sum,
-        ]
-        .into_iter()
-        .chain(self.iteration_buckets.iter())
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -359,6 +305,38 @@ mod tests {
             counters.iteration_ns_sum,
             500 + 1_000 + 5_000 + 3_000_000_000
         );
+    }
+
+    #[test]
+    fn each_row_of_the_table_reads_its_own_counter() {
+        let stats = ReactorStats::default();
+        for (n, counter) in stats.counters().take(COUNTERS.len()).enumerate() {
+            bump(counter, n as u64 + 1);
+        }
+        let counters = Counters::of(&stats);
+        for (n, counter) in COUNTERS.iter().enumerate() {
+            assert_eq!((counter.value)(&counters), n as u64 + 1, "{}", counter.help);
+        }
+        let mut twice = counters;
+        twice.add(&counters);
+        assert_eq!((COUNTERS[3].value)(&twice), 8);
+    }
+
+    #[test]
+    fn summary_keys_and_metric_names_are_unique() {
+        let keys: Vec<_> = COUNTERS.iter().filter_map(|c| c.summary).collect();
+        let names: Vec<_> = COUNTERS.iter().filter_map(|c| c.metric).collect();
+        for list in [&keys, &names] {
+            let mut sorted = list.to_vec();
+            sorted.sort_unstable();
+            sorted.dedup();
+            assert_eq!(sorted.len(), list.len(), "{list:?}");
+        }
+        assert!(
+            names.iter().all(|name| name.ends_with("_total")),
+            "{names:?}"
+        );
+        assert!(COUNTERS.iter().all(|c| !c.help.starts_with(' ')));
     }
 
     #[test]

@@ -19,13 +19,16 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::flags::ReactorFlags;
 use crate::metrics::{self, MetricsServer, Sample, WorkerSample};
 use crate::stats::{self, Counters, MAX_REACTORS, READY};
 use crate::sys::{
     self, DescriptorLimit, Epoll, Events, ExitKind, Fd, Listener, READABLE, SharedPage, SignalFd,
 };
+use crate::worker_process::WorkerCommand;
 
 // ANCHOR: plan
+// ANCHOR: plan_1
 /// Descriptors a worker keeps for itself: stdio, rings, listeners,
 /// eventfds, signalfd, the spare. Generous: there are fewer than 16 per
 /// reactor.
@@ -49,11 +52,17 @@ pub struct Plan {
     pub reason: String,
 }
 
+// ANCHOR_END: plan_1
+// ANCHOR: connections_per_worker_signature
 /// Connections one worker can hold under a hard `RLIMIT_NOFILE` of `hard`.
 pub fn connections_per_worker(hard: u64) -> u64 {
+    // ANCHOR_END: connections_per_worker_signature
     hard.saturating_sub(RESERVED_DESCRIPTORS) * FILL_PERCENT / 100
 }
+// ANCHOR: plan_2
 
+// ANCHOR_END: plan_2
+// ANCHOR: choose_plan_signature
 /// `--procs auto`: the fewest processes whose descriptor limits together
 /// hold `target_conns`. `--reactors auto`: the cores shared out among them.
 pub fn choose_plan(
@@ -63,6 +72,7 @@ pub fn choose_plan(
     limit: DescriptorLimit,
     cores: usize,
 ) -> Plan {
+    // ANCHOR_END: choose_plan_signature
     let per_worker = connections_per_worker(limit.hard).max(1);
     let (procs, reason) = match procs {
         Some(procs) => (
@@ -114,6 +124,8 @@ pub fn choose_plan(
         reason,
     }
 }
+// ANCHOR: plan_3
+// ANCHOR_END: plan_3
 // ANCHOR_END: plan
 
 /// Restart delays: the first restart is quick; a worker that keeps dying
@@ -135,7 +147,9 @@ pub struct Settings {
     pub plan: Plan,
     /// The flags every worker gets besides its own (`--work-us`,
     /// `--idle-timeout`, ...): chapter 07's flags, passed through.
-    pub worker_args: Vec<String>,
+    /// Chapter 07's flags and the ring's, for every worker (`--workers`
+    /// decided).
+    pub flags: ReactorFlags,
     pub metrics: Option<SocketAddr>,
     pub status_every: Option<Duration>,
 }
@@ -267,16 +281,15 @@ impl Supervisor {
         stats
             .supervisor_pid
             .store(u64::from(std::process::id()), Ordering::Relaxed);
+        let command = WorkerCommand {
+            index,
+            stats_fd: self.stats_fd.raw(),
+            addr: self.addr,
+            reactors: self.settings.plan.reactors,
+            flags: &self.settings.flags,
+        };
         let child = Command::new(&self.program)
-            .arg("--worker")
-            .arg(index.to_string())
-            .arg("--stats-fd")
-            .arg(self.stats_fd.raw().to_string())
-            .arg("--addr")
-            .arg(self.addr.to_string())
-            .arg("--reactors")
-            .arg(self.settings.plan.reactors.to_string())
-            .args(&self.settings.worker_args)
+            .args(command.argv())
             // stdout belongs to the supervisor (`listening on`, `summary:`);
             // workers report through shared memory, and errors on stderr.
             .stdin(Stdio::null())
@@ -492,6 +505,7 @@ impl Supervisor {
     }
 
     // ANCHOR: reap
+    // ANCHOR: reap_1
     /// Collects every worker that exited. Outside shutdown each one is a
     /// crash: keep its counters, and schedule a restart after a delay that
     /// doubles while it keeps dying young.
@@ -508,12 +522,16 @@ impl Supervisor {
             self.retired.add(&stats.snapshot().retired());
             stats.reset();
             let slot = &mut self.slots[index];
+            // The back-off (exercise 08c): after a healthy run start again
+            // from the first delay; wait the delay, double it up to the cap.
+            // ANCHOR_END: reap_1
             if slot.started_at.elapsed() >= HEALTHY_UPTIME {
                 slot.restart_delay = FIRST_RESTART_DELAY;
             }
             let delay = slot.restart_delay;
             slot.restart_at = Some(Instant::now() + delay);
             slot.restart_delay = (delay * 2).min(MAX_RESTART_DELAY);
+            // ANCHOR: reap_2
             eprintln!("worker {index} (pid {pid}) died ({how}); restarting it in {delay:?}");
         }
     }
@@ -524,16 +542,20 @@ impl Supervisor {
                 match self.spawn(index) {
                     Ok(()) => self.restarts += 1,
                     Err(e) => {
+                        // The same back-off for a spawn that failed (exercise 08c).
+                        // ANCHOR_END: reap_2
                         let slot = &mut self.slots[index];
                         let delay = slot.restart_delay;
                         slot.restart_at = Some(now + delay);
                         slot.restart_delay = (delay * 2).min(MAX_RESTART_DELAY);
+                        // ANCHOR: reap_3
                         eprintln!("cannot restart worker {index}: {e}; trying again in {delay:?}");
                     }
                 }
             }
         }
     }
+    // ANCHOR_END: reap_3
     // ANCHOR_END: reap
 
     // ANCHOR: sample

@@ -548,7 +548,7 @@ impl SignalFd {
         loop {
             let mut fds = [
                 libc::pollfd {
-                    fd: self.fd.raw(),
+                    fd: self.raw_fd(),
                     events: libc::POLLIN,
                     revents: 0,
                 },
@@ -852,6 +852,13 @@ impl Drop for SharedPage {
 pub unsafe trait SharedAtomics: Sized {}
 
 /// The memory page size: mappings start and end on page boundaries.
+pub fn page_size() -> usize {
+    // SAFETY: sysconf only reads a system constant.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).unwrap_or(4096)
+}
+// ANCHOR_END: shared_page
+
 /// Returns freed heap memory to the kernel (glibc's `malloc_trim(0)`, which
 /// also releases whole free pages in the middle of every arena). Other C
 /// libraries have no such call; there this does nothing.
@@ -863,13 +870,6 @@ pub fn trim_heap() {
         libc::malloc_trim(0);
     }
 }
-
-pub fn page_size() -> usize {
-    // SAFETY: sysconf only reads a system constant.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(size).unwrap_or(4096)
-}
-// ANCHOR_END: shared_page
 
 // ANCHOR: rlimit
 /// `RLIMIT_NOFILE`: how many descriptors one process may have open. The soft

@@ -11,12 +11,55 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 
+use crate::flags::ReactorFlags;
+use crate::listeners::{bind_listeners, plan_pinning};
 use crate::reactors::Reactors;
 use crate::server::Config;
 use crate::stats::{self, MAX_REACTORS, READY, STOPPING, WorkerStats};
 use crate::sys::{self, DescriptorLimit, SharedPage, SignalFd};
 
-/// What the supervisor tells a worker on its command line.
+// ANCHOR: worker_flags
+/// The hidden flags that make this binary a worker process.
+#[derive(clap::Args, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkerFlags {
+    /// Internal: run as worker N (the supervisor starts workers this way).
+    #[arg(long = "worker", value_name = "N", hide = true, requires = "stats_fd")]
+    pub index: Option<usize>,
+
+    /// Internal: the descriptor of the shared stats memory (with --worker).
+    #[arg(long, hide = true, requires = "index")]
+    pub stats_fd: Option<RawFd>,
+}
+
+/// A worker's whole command line, written in this one place; `main`'s
+/// `Args` parses it back with the same definitions (a test checks the
+/// round trip).
+pub struct WorkerCommand<'a> {
+    pub index: usize,
+    pub stats_fd: RawFd,
+    /// The supervisor's address, with the real port.
+    pub addr: SocketAddr,
+    pub reactors: usize,
+    /// Chapter 07's flags and the ring's, with `--workers` decided by the
+    /// supervisor.
+    pub flags: &'a ReactorFlags,
+}
+
+impl WorkerCommand<'_> {
+    pub fn argv(&self) -> Vec<String> {
+        let mut argv = vec![
+            format!("--worker={}", self.index),
+            format!("--stats-fd={}", self.stats_fd),
+            format!("--addr={}", self.addr),
+            format!("--reactors={}", self.reactors),
+        ];
+        argv.extend(self.flags.to_argv());
+        argv
+    }
+}
+// ANCHOR_END: worker_flags
+
+/// What a worker runs with, from its command line.
 #[derive(Clone, Copy, Debug)]
 pub struct WorkerPlan {
     /// Which slot of the stats memory is ours (0-based).
@@ -44,10 +87,10 @@ pub fn run(plan: WorkerPlan, signals: SignalFd) -> io::Result<()> {
     // Reactor r of worker w gets CPU w*R + r (round robin): the workers'
     // reactors spread over the cores instead of all landing on the first.
     let reactors = plan.reactors.min(MAX_REACTORS);
-    let cpus = crate::plan_pinning(reactors, plan.pin, plan.index * reactors)?;
+    let cpus = plan_pinning(reactors, plan.pin, plan.index * reactors)?;
     // Bind every listener before saying READY: the supervisor prints
     // `listening on` only when every worker can take connections.
-    let listeners = crate::bind_listeners(plan.addr, reactors)?;
+    let listeners = bind_listeners(plan.addr, reactors)?;
     stats.reactors.store(reactors as u64, Ordering::Relaxed);
     let running = Reactors::start(listeners, &cpus, plan.config, &stats.reactor)?;
     if plan.pin {

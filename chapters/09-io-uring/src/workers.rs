@@ -274,24 +274,11 @@ pub struct Workers {
     outstanding: usize,
     /// `--queue-depth`: the most jobs that may be outstanding.
     max_outstanding: usize,
-    stats: WorkerStats,
 }
 
 enum Pool {
     Hand(HandRolledPool),
     Rayon(rayon::ThreadPool),
-}
-
-/// What the summary line reports about the hand-off.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct WorkerStats {
-    /// Jobs handed to the pool.
-    pub jobs: u64,
-    /// Times a connection had input to read but the queue was full, so its
-    /// bytes stayed in the kernel (back-pressure across the hand-off).
-    pub queue_full: u64,
-    /// The most jobs outstanding at once.
-    pub queue_high_water: usize,
 }
 
 impl Workers {
@@ -325,7 +312,6 @@ impl Workers {
             stopping,
             outstanding: 0,
             max_outstanding: max_outstanding.max(1),
-            stats: WorkerStats::default(),
         })
     }
 
@@ -333,26 +319,15 @@ impl Workers {
         self.completions.waker_fd()
     }
 
-    pub fn stats(&self) -> WorkerStats {
-        self.stats
-    }
-
     /// Whether one more job may be handed over now.
     pub fn has_room(&self) -> bool {
         self.outstanding < self.max_outstanding
-    }
-
-    /// Records that a connection wanted to hand over a job and could not.
-    pub fn note_queue_full(&mut self) {
-        self.stats.queue_full += 1;
     }
 
     /// Hands `job` to a worker; returns at once. Call only if `has_room`.
     pub fn submit(&mut self, job: Job) {
         debug_assert!(self.has_room());
         self.outstanding += 1;
-        self.stats.jobs += 1;
-        self.stats.queue_high_water = self.stats.queue_high_water.max(self.outstanding);
         match &self.pool {
             Pool::Hand(pool) => pool.submit(job),
             Pool::Rayon(pool) => {
