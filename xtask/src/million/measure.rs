@@ -14,6 +14,7 @@ use loadgen::server::ServerProcess;
 
 use super::flamegraph::RampProfiler;
 use super::host::{HostSnapshot, MemoryGuard, all_cores, cpu_between, cpu_ticks};
+use super::others::{OtherProcess, ProcessTimes, describe, others_between};
 use super::procs::{Helper, ServerGuard};
 use super::ramp::{OpenCounter, RampProgress, server_said};
 use super::ramp_profile::{HandshakeCounters, RampSample, phases};
@@ -135,9 +136,10 @@ impl Run<'_> {
             "{} active connections, no idle ones",
             self.args.active
         ));
-        let probes = self.probe_phase(server.addr(), None)?;
+        let (probes, others) = self.probe_phase(server.addr(), None)?;
         self.report.rtt_no_idle = median_probe(&probes);
         self.report.probes_no_idle = probes;
+        self.report.others_during_probes_no_idle = others;
         let fds_before = server
             .open_fds()
             .map_err(|e| TaskError::Failed(format!("reading the server's descriptors: {e}")))?;
@@ -189,6 +191,7 @@ impl Run<'_> {
         self.guard.watch(hold.group());
         let ramp_started = Instant::now();
         let cpu_at_start = cpu_ticks();
+        let others_at_start = ProcessTimes::take();
         let handshakes_at_start = HandshakeCounters::read();
         let mut bar = RampProgress::new(n as u64);
         let (mut last_gain, mut last_open) = (Instant::now(), 0u64);
@@ -228,6 +231,11 @@ impl Run<'_> {
         report.ramp_cpu = cpu_between(&cpu_at_start, &cpu_ticks());
         let held_at = Instant::now();
         report.server_saw_all_seconds = ramp_started.elapsed().as_secs_f64();
+        report.others_during_ramp = others_between(
+            &others_at_start,
+            &ProcessTimes::take(),
+            report.server_saw_all_seconds,
+        );
         report.ramp_phases = phases(&report.ramp_samples, n as u64);
         report.ramp_handshakes = handshakes_at_start.until(&HandshakeCounters::read());
         report.flamegraph = flamegraph.finish(&run_threads(server))?;
@@ -245,6 +253,10 @@ impl Run<'_> {
                 core.core, core.user, core.system, core.softirq, core.idle
             );
         }
+        eprintln!(
+            "    other processes during the ramp (of one core): {}",
+            describe(&report.others_during_ramp)
+        );
         Ok((hold, held_at))
     }
 
@@ -305,20 +317,23 @@ impl Run<'_> {
             "{} active connections with {} idle ones held",
             self.args.active, self.args.conns
         ));
-        let probes = self.probe_phase(server.addr(), Some(&mut hold))?;
+        let (probes, others) = self.probe_phase(server.addr(), Some(&mut hold))?;
         self.report.rtt_with_idle = median_probe(&probes);
         self.report.probes_with_idle = probes;
+        self.report.others_during_probes_with_idle = others;
         Ok(hold)
     }
 
     /// `--probes` active probes in a row, each printed, with a pause after
     /// each for its connections to close. With `hold`, each must start and
-    /// end while loadgen still holds the idle connections.
+    /// end while loadgen still holds the idle connections. Also returns
+    /// the processes outside the run that were busy meanwhile.
     fn probe_phase(
         &mut self,
         addr: SocketAddr,
         mut hold: Option<&mut Helper>,
-    ) -> Result<Vec<Probe>, TaskError> {
+    ) -> Result<(Vec<Probe>, Vec<OtherProcess>), TaskError> {
+        let (started, others_at_start) = (Instant::now(), ProcessTimes::take());
         let held_through = |hold: &mut Option<&mut Helper>, when: &str| {
             if hold.as_mut().is_some_and(|h| h.has_exited()) {
                 return Err(TaskError::Failed(format!(
@@ -336,7 +351,16 @@ impl Run<'_> {
             probes.push(probe);
             thread::sleep(Duration::from_secs(1));
         }
-        Ok(probes)
+        let others = others_between(
+            &others_at_start,
+            &ProcessTimes::take(),
+            started.elapsed().as_secs_f64(),
+        );
+        eprintln!(
+            "    other processes during the probes (of one core): {}",
+            describe(&others)
+        );
+        Ok((probes, others))
     }
 
     /// Waits for `loadgen hold` to end and takes its report.

@@ -20,6 +20,7 @@ mod experiments;
 mod flamegraph;
 mod host;
 mod measure;
+mod others;
 mod procs;
 mod ramp;
 mod ramp_profile;

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::flamegraph::RampFlamegraph;
 use super::host::{CoreTime, HostSnapshot};
+use super::others::{OtherProcess, describe};
 use super::ramp_profile::{HandshakeCounters, RampPhase, RampSample};
 use super::{
     FILE_HANDLE_SLACK, KERNEL_RETURN_SHARE, KERNEL_RETURN_SLACK, TARGET_CONNS,
@@ -70,6 +71,14 @@ pub(super) struct Report {
     pub(super) probes_no_idle: Vec<Probe>,
     #[serde(default)]
     pub(super) probes_with_idle: Vec<Probe>,
+    /// The busiest processes outside the run (not xtask or what it
+    /// started) during the ramp and during each probe phase.
+    #[serde(default)]
+    pub(super) others_during_ramp: Vec<OtherProcess>,
+    #[serde(default)]
+    pub(super) others_during_probes_no_idle: Vec<OtherProcess>,
+    #[serde(default)]
+    pub(super) others_during_probes_with_idle: Vec<OtherProcess>,
     pub(super) server_memory: ServerMemory,
     pub(super) host_baseline: HostSnapshot,
     pub(super) host_before_ramp: HostSnapshot,
@@ -368,6 +377,16 @@ fn report_text(r: &Report) -> String {
                 probe_line(p)
             );
         }
+    }
+    if !r.probes_no_idle.is_empty() {
+        let _ = writeln!(
+            out,
+            "  other processes, % of one core: during the ramp {}; the probes with none held {}; \
+             with all held {}",
+            describe(&r.others_during_ramp),
+            describe(&r.others_during_probes_no_idle),
+            describe(&r.others_during_probes_with_idle)
+        );
     }
     let k = &r.kernel_per_conn;
     let _ = writeln!(

@@ -1,0 +1,229 @@
+//! The CPU that processes *outside* the run take while it runs.
+//!
+//! On a 2-core machine, anything else that wakes up during the ramp or a
+//! probe takes its share of the same two cores, and a probe's p99 is where
+//! that shows first. Some such work grows with the connections held: a
+//! monitoring agent that walks every process's descriptors or the socket
+//! table pays per socket, so it is cheap at 50,000 and busy at a million.
+//! The report names the busiest ones, so a run's figures can be read with
+//! what else ran beside them.
+
+use std::collections::HashMap;
+use std::fs;
+
+use serde::{Deserialize, Serialize};
+
+/// One process outside the run and the CPU it took over a window.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(super) struct OtherProcess {
+    /// `comm (pid N)`; kernel threads in brackets, as `ps` shows them.
+    pub(super) name: String,
+    /// CPU time over the window, in percent of one core.
+    pub(super) percent_of_core: f64,
+}
+
+/// Below this share of one core a process is not worth naming.
+const NOTABLE_PERCENT: f64 = 1.0;
+/// The busiest this many are named.
+const NAMED: usize = 3;
+
+/// Every process's CPU time so far (user + system, in clock ticks), and its
+/// parent, read from `/proc/PID/stat`.
+#[derive(Debug, Default)]
+pub(super) struct ProcessTimes {
+    by_pid: HashMap<u32, Stat>,
+}
+
+#[derive(Debug, Clone)]
+struct Stat {
+    comm: String,
+    parent: u32,
+    ticks: u64,
+    kernel_thread: bool,
+}
+
+impl ProcessTimes {
+    pub(super) fn take() -> ProcessTimes {
+        let mut by_pid = HashMap::new();
+        let Ok(entries) = fs::read_dir("/proc") else {
+            return ProcessTimes::default();
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            // A process may exit between the listing and the read.
+            if let Some(stat) = fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|text| parse_stat(&text))
+            {
+                by_pid.insert(pid, stat);
+            }
+        }
+        ProcessTimes { by_pid }
+    }
+
+    /// Is `pid` this xtask process or one of its descendants?
+    fn inside_the_run(&self, pid: u32, xtask: u32) -> bool {
+        let mut at = pid;
+        // Parents form a tree rooted at 0; the bound guards a torn read.
+        for _ in 0..64 {
+            if at == xtask {
+                return true;
+            }
+            match self.by_pid.get(&at) {
+                Some(stat) if stat.parent != 0 && stat.parent != at => at = stat.parent,
+                _ => return false,
+            }
+        }
+        false
+    }
+}
+
+/// Parses the fields of `/proc/PID/stat` this module needs. The command
+/// name is in parentheses and may itself hold spaces and parentheses, so
+/// the fields after it are counted from the *last* `)`.
+fn parse_stat(text: &str) -> Option<Stat> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text.get(open + 1..close)?.to_string();
+    let rest: Vec<&str> = text.get(close + 2..)?.split_whitespace().collect();
+    // After the name: state(0) ppid(1) … flags(6) … utime(11) stime(12).
+    let parent = rest.get(1)?.parse().ok()?;
+    let flags: u64 = rest.get(6)?.parse().ok()?;
+    let utime: u64 = rest.get(11)?.parse().ok()?;
+    let stime: u64 = rest.get(12)?.parse().ok()?;
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    Some(Stat {
+        comm,
+        parent,
+        ticks: utime + stime,
+        kernel_thread: flags & PF_KTHREAD != 0,
+    })
+}
+
+/// The busiest processes outside the run between two readings `seconds`
+/// apart, in percent of one core. Left out: this xtask and everything it
+/// started (the server, loadgen), and `ksoftirqd`, which delivers the
+/// run's own packets when a core's softirq work overflows.
+pub(super) fn others_between(
+    before: &ProcessTimes,
+    after: &ProcessTimes,
+    seconds: f64,
+) -> Vec<OtherProcess> {
+    let xtask = std::process::id();
+    let ticks_per_second = clock_ticks_per_second();
+    let mut others: Vec<OtherProcess> = after
+        .by_pid
+        .iter()
+        .filter(|(pid, stat)| {
+            !after.inside_the_run(**pid, xtask) && !stat.comm.starts_with("ksoftirqd")
+        })
+        .filter_map(|(pid, stat)| {
+            let earlier = before.by_pid.get(pid)?;
+            let used = stat.ticks.checked_sub(earlier.ticks)?;
+            let percent_of_core = 100.0 * used as f64 / ticks_per_second / seconds.max(0.001);
+            let name = if stat.kernel_thread {
+                format!("[{}]", stat.comm)
+            } else {
+                format!("{} (pid {pid})", stat.comm)
+            };
+            Some(OtherProcess {
+                name,
+                percent_of_core,
+            })
+        })
+        .filter(|o| o.percent_of_core >= NOTABLE_PERCENT)
+        .collect();
+    others.sort_by(|a, b| b.percent_of_core.total_cmp(&a.percent_of_core));
+    others.truncate(NAMED);
+    others
+}
+
+/// `sysconf(_SC_CLK_TCK)`: the unit of `/proc/PID/stat`'s times.
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
+}
+
+/// "process_api (pid 1) 48%, [kdamond.0] 1%", or "none above 1%".
+pub(super) fn describe(others: &[OtherProcess]) -> String {
+    if others.is_empty() {
+        return format!("none above {NOTABLE_PERCENT:.0}% of a core");
+    }
+    others
+        .iter()
+        .map(|o| format!("{} {:.0}%", o.name, o.percent_of_core))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines_are_read_after_the_last_parenthesis() {
+        let line = "42 (a (b) c) S 7 42 42 0 -1 2097216 0 0 0 0 150 25 0 0 20 0 1 0 1 0 0";
+        let stat = parse_stat(line).unwrap();
+        assert_eq!(stat.comm, "a (b) c");
+        assert_eq!(stat.parent, 7);
+        assert_eq!(stat.ticks, 175);
+        assert!(stat.kernel_thread, "flags 2097216 include PF_KTHREAD");
+        assert!(parse_stat("42 (truncated").is_none());
+    }
+
+    #[test]
+    fn this_process_and_its_children_are_inside_the_run() {
+        let me = std::process::id();
+        let times = ProcessTimes::take();
+        assert!(times.inside_the_run(me, me));
+        // PID 1 is never below this process.
+        assert!(!times.inside_the_run(1, me));
+    }
+
+    #[test]
+    fn the_busiest_outsiders_are_named_and_the_quiet_ones_left_out() {
+        let stat = |comm: &str, parent: u32, ticks: u64| Stat {
+            comm: comm.to_string(),
+            parent,
+            ticks,
+            kernel_thread: false,
+        };
+        let me = std::process::id();
+        let hz = clock_ticks_per_second() as u64;
+        let before = ProcessTimes {
+            by_pid: HashMap::from([
+                (1, stat("agent", 0, 0)),
+                (me, stat("xtask", 1, 0)),
+                (900_001, stat("server", me, 0)),
+                (900_002, stat("idle-one", 1, 0)),
+                (900_003, stat("ksoftirqd/0", 2, 0)),
+            ]),
+        };
+        let after = ProcessTimes {
+            by_pid: HashMap::from([
+                (1, stat("agent", 0, hz)),
+                (me, stat("xtask", 1, hz)),
+                (900_001, stat("server", me, 2 * hz)),
+                (900_002, stat("idle-one", 1, 0)),
+                (900_003, stat("ksoftirqd/0", 2, hz)),
+            ]),
+        };
+        let others = others_between(&before, &after, 2.0);
+        assert_eq!(
+            others,
+            [OtherProcess {
+                name: "agent (pid 1)".to_string(),
+                percent_of_core: 50.0
+            }]
+        );
+        assert_eq!(describe(&others), "agent (pid 1) 50%");
+        assert_eq!(describe(&[]), "none above 1% of a core");
+    }
+}
