@@ -200,9 +200,12 @@ impl Run<'_> {
             let open = counter.open(server)?;
             let elapsed = ramp_started.elapsed().as_secs_f64();
             self.report.server_peak_open = self.report.server_peak_open.max(open);
-            self.report
-                .ramp_samples
-                .push(RampSample::new(elapsed, open, all_cores(&cpu_ticks())));
+            self.report.ramp_samples.push(RampSample::new(
+                elapsed,
+                open,
+                all_cores(&cpu_ticks()),
+                ProcessTimes::take().ticks_outside_the_run(),
+            ));
             flamegraph.poll(open, n as u64);
             bar.show(open, elapsed, open as f64 / elapsed.max(0.001));
             if open >= n as u64 {

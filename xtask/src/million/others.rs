@@ -67,6 +67,24 @@ impl ProcessTimes {
         ProcessTimes { by_pid }
     }
 
+    /// CPU ticks used so far by every process outside the run (as
+    /// [`others_between`] counts them), all together.
+    pub(super) fn ticks_outside_the_run(&self) -> u64 {
+        let xtask = std::process::id();
+        self.by_pid
+            .iter()
+            .filter(|(pid, stat)| self.outside_the_run(**pid, stat, xtask))
+            .map(|(_, stat)| stat.ticks)
+            .sum()
+    }
+
+    /// Outside the run: not xtask nor what it started, and not `ksoftirqd`,
+    /// which delivers the run's own packets when a core's softirq work
+    /// overflows.
+    fn outside_the_run(&self, pid: u32, stat: &Stat, xtask: u32) -> bool {
+        !self.inside_the_run(pid, xtask) && !stat.comm.starts_with("ksoftirqd")
+    }
+
     /// Is `pid` this xtask process or one of its descendants?
     fn inside_the_run(&self, pid: u32, xtask: u32) -> bool {
         let mut at = pid;
@@ -107,9 +125,7 @@ fn parse_stat(text: &str) -> Option<Stat> {
 }
 
 /// The busiest processes outside the run between two readings `seconds`
-/// apart, in percent of one core. Left out: this xtask and everything it
-/// started (the server, loadgen), and `ksoftirqd`, which delivers the
-/// run's own packets when a core's softirq work overflows.
+/// apart, in percent of one core (see [`ProcessTimes::outside_the_run`]).
 pub(super) fn others_between(
     before: &ProcessTimes,
     after: &ProcessTimes,
@@ -120,9 +136,7 @@ pub(super) fn others_between(
     let mut others: Vec<OtherProcess> = after
         .by_pid
         .iter()
-        .filter(|(pid, stat)| {
-            !after.inside_the_run(**pid, xtask) && !stat.comm.starts_with("ksoftirqd")
-        })
+        .filter(|(pid, stat)| after.outside_the_run(**pid, stat, xtask))
         .filter_map(|(pid, stat)| {
             let earlier = before.by_pid.get(pid)?;
             let used = stat.ticks.checked_sub(earlier.ticks)?;

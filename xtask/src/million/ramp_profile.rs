@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 /// One look at the ramp: seconds since loadgen started, connections the
 /// server counted open, and the host's cumulative CPU ticks (all cores,
-/// `/proc/stat`'s `cpu` line) at that moment.
+/// `/proc/stat`'s `cpu` line) at that moment, with the ticks processes
+/// outside the run had used by then (see [`super::others`]).
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub(super) struct RampSample {
     pub(super) seconds: f64,
@@ -19,10 +20,12 @@ pub(super) struct RampSample {
     pub(super) softirq: u64,
     pub(super) idle: u64,
     pub(super) total: u64,
+    #[serde(default)]
+    pub(super) others: u64,
 }
 
 impl RampSample {
-    pub(super) fn new(seconds: f64, open: u64, ticks: CoreTicks) -> RampSample {
+    pub(super) fn new(seconds: f64, open: u64, ticks: CoreTicks, others: u64) -> RampSample {
         RampSample {
             seconds,
             open,
@@ -31,13 +34,14 @@ impl RampSample {
             softirq: ticks.softirq,
             idle: ticks.idle,
             total: ticks.total,
+            others,
         }
     }
 }
 
 /// One stretch of the ramp (a quarter of the connections): how long it
 /// took, the rate, and the host's CPU split over it, in percent of all
-/// cores.
+/// cores; `others` is the part of it processes outside the run took.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub(super) struct RampPhase {
     pub(super) from_open: u64,
@@ -48,6 +52,9 @@ pub(super) struct RampPhase {
     pub(super) system: f64,
     pub(super) softirq: f64,
     pub(super) idle: f64,
+    /// None for a run recorded before this was measured.
+    #[serde(default)]
+    pub(super) others: Option<f64>,
 }
 
 /// The ramp split into this many phases of equal connection counts.
@@ -85,6 +92,7 @@ pub(super) fn phases(samples: &[RampSample], total: u64) -> Vec<RampPhase> {
                 system: share(a.system, b.system),
                 softirq: share(a.softirq, b.softirq),
                 idle: share(a.idle, b.idle),
+                others: (b.others > 0).then(|| share(a.others, b.others)),
             }
         })
         .collect()
@@ -207,6 +215,24 @@ mod tests {
         assert!((phases[0].system - 90.0).abs() < 1e-9);
         assert!((phases[3].system - 100.0).abs() < 1e-9);
         assert!((phases[3].idle - 0.0).abs() < 1e-9);
+        assert_eq!(phases[3].others, None, "not measured: not shown as zero");
+    }
+
+    #[test]
+    fn the_share_processes_outside_the_run_took_is_kept_per_phase() {
+        let with_others = |seconds: f64, open: u64, others: u64| RampSample {
+            others,
+            ..sample(seconds, open, 0)
+        };
+        let samples = [
+            with_others(0.0, 0, 1),
+            with_others(1.0, 50, 11),
+            with_others(2.0, 100, 51),
+        ];
+        let phases = phases(&samples, 100);
+        assert_eq!(phases.len(), 2);
+        assert_eq!(phases[0].others, Some(10.0));
+        assert_eq!(phases[1].others, Some(40.0));
     }
 
     #[test]

@@ -418,7 +418,7 @@ fn report_text(r: &Report) -> String {
             let _ = writeln!(
                 out,
                 "    {:>9} -> {:>9} open in {:5.1} s, {:>7.0}/s: user {:2.0}%, system {:2.0}%, \
-                 softirq {:2.0}%, idle {:2.0}%",
+                 softirq {:2.0}%, idle {:2.0}%{}",
                 p.from_open,
                 p.to_open,
                 p.seconds,
@@ -426,7 +426,9 @@ fn report_text(r: &Report) -> String {
                 p.user,
                 p.system,
                 p.softirq,
-                p.idle
+                p.idle,
+                p.others
+                    .map_or(String::new(), |o| format!(", other processes {o:.0}%"))
             );
         }
     }
