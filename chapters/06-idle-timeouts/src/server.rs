@@ -237,15 +237,7 @@ impl Server {
             let timeout = if self.ready_list.is_empty() || !self.context.workers.has_room() {
                 // (With the job queue full, the ready list must wait for a
                 // result to free a place, and a result wakes us anyway.)
-                // Sleep until the first idle deadline or the end of an
-                // accept pause, whichever comes first; `Epoll::wait` rounds
-                // up to whole milliseconds, so we never wake before a tick.
-                let now = Instant::now();
-                let idle_deadline = self.idle.as_ref().and_then(|idle| idle.next_timeout(now));
-                let accept_pause = self
-                    .accept_paused_until
-                    .map(|until| until.saturating_duration_since(now));
-                earliest(idle_deadline, accept_pause)
+                sleep_limit(self.idle.as_ref(), self.accept_paused_until, Instant::now)
             } else {
                 // Connections are waiting for their next turn: collect new
                 // events without sleeping, then serve both.
@@ -631,6 +623,29 @@ fn serve_edge_triggered(
 }
 // ANCHOR_END: serve
 
+// ANCHOR: sleep_limit
+/// How long the wait may sleep when no connection is waiting for a turn:
+/// until the first idle deadline or the end of an accept pause, whichever
+/// comes first (`Epoll::wait` rounds up to whole milliseconds, so we never
+/// wake before a tick), or for ever when there is neither. `now` is called
+/// only when there is a deadline: without `--idle-timeout` the loop does
+/// not read the clock, so a turn that serves one message pays for nothing
+/// it did not ask for.
+fn sleep_limit(
+    idle: Option<&IdleTimeouts>,
+    accept_paused_until: Option<Instant>,
+    now: impl FnOnce() -> Instant,
+) -> Option<Duration> {
+    if idle.is_none() && accept_paused_until.is_none() {
+        return None;
+    }
+    let now = now();
+    let idle_deadline = idle.and_then(|idle| idle.next_timeout(now));
+    let accept_pause = accept_paused_until.map(|until| until.saturating_duration_since(now));
+    earliest(idle_deadline, accept_pause)
+}
+// ANCHOR_END: sleep_limit
+
 /// The sooner of two optional timeouts (`None`: no timeout).
 fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
     match (a, b) {
@@ -659,4 +674,61 @@ fn is_connection_gone(error: &io::Error) -> bool {
                 | libc::ENETUNREACH
         )
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    /// A clock that counts how often it is read.
+    fn counting_clock(reads: &Cell<u32>, at: Instant) -> impl FnOnce() -> Instant + '_ {
+        move || {
+            reads.set(reads.get() + 1);
+            at
+        }
+    }
+
+    #[test]
+    fn loop_without_deadlines_does_not_read_the_clock() {
+        let reads = Cell::new(0);
+        let limit = sleep_limit(None, None, counting_clock(&reads, Instant::now()));
+        assert_eq!(limit, None, "nothing to wake for: block");
+        assert_eq!(reads.get(), 0);
+    }
+
+    #[test]
+    fn accept_pause_limits_the_sleep_with_one_clock_read() {
+        let reads = Cell::new(0);
+        let now = Instant::now();
+        let limit = sleep_limit(
+            None,
+            Some(now + Duration::from_millis(40)),
+            counting_clock(&reads, now),
+        );
+        assert_eq!(limit, Some(Duration::from_millis(40)));
+        assert_eq!(reads.get(), 1);
+    }
+
+    #[test]
+    fn idle_deadline_limits_the_sleep_with_one_clock_read() {
+        let now = Instant::now();
+        let mut idle = IdleTimeouts::new(Duration::from_secs(1), now);
+        let reads = Cell::new(0);
+        let empty = sleep_limit(Some(&idle), None, counting_clock(&reads, now));
+        assert_eq!(empty, None, "an empty wheel has no deadline");
+        idle.on_accept(0, now);
+        let limit = sleep_limit(
+            Some(&idle),
+            Some(now + Duration::from_secs(60)),
+            counting_clock(&reads, now),
+        )
+        .expect("a scheduled timer is a deadline");
+        assert!(
+            limit >= Duration::from_millis(900) && limit < Duration::from_secs(60),
+            "the idle deadline, the sooner one: {limit:?}"
+        );
+        assert_eq!(reads.get(), 2, "one read per call that has a deadline");
+    }
 }
