@@ -188,14 +188,9 @@ impl Server {
         loop {
             // The wheel is driven by the wait's timeout: one deadline for
             // the whole wheel, no ring timeout per connection.
-            let now = Instant::now();
-            let idle_deadline = self.idle.as_ref().and_then(|idle| idle.next_timeout(now));
-            let accept_pause = self
-                .accept_paused_until
-                .map(|until| until.saturating_duration_since(now));
+            let timeout = sleep_limit(self.idle.as_ref(), self.accept_paused_until, Instant::now);
             // The one system call of the turn.
-            self.ring
-                .submit_and_wait(earliest(idle_deadline, accept_pause))?;
+            self.ring.submit_and_wait(timeout)?;
             // From here to the next wait is one turn: how long this wake-up
             // kept the reactor (and every client on it) busy.
             self.now = Instant::now();
@@ -885,6 +880,24 @@ fn give_back_vec(spare_vecs: &mut Vec<Vec<u8>>, mut vec: Vec<u8>) {
     }
 }
 
+/// How long the wait may sleep: until the first idle deadline or the end
+/// of an accept pause, whichever comes first, or for ever when there is
+/// neither. `now` is called only when there is a deadline, so without
+/// `--idle-timeout` a turn reads no clock (as in chapter 08).
+fn sleep_limit(
+    idle: Option<&IdleTimeouts>,
+    accept_paused_until: Option<Instant>,
+    now: impl FnOnce() -> Instant,
+) -> Option<Duration> {
+    if idle.is_none() && accept_paused_until.is_none() {
+        return None;
+    }
+    let now = now();
+    let idle_deadline = idle.and_then(|idle| idle.next_timeout(now));
+    let accept_pause = accept_paused_until.map(|until| until.saturating_duration_since(now));
+    earliest(idle_deadline, accept_pause)
+}
+
 /// The sooner of two optional timeouts (`None`: no timeout).
 fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
     match (a, b) {
@@ -895,10 +908,52 @@ fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
     use std::os::fd::{IntoRawFd, OwnedFd};
     use std::os::unix::net::UnixStream;
 
     use super::*;
+
+    /// A clock that counts how often it is read.
+    fn counting_clock(reads: &Cell<u32>, at: Instant) -> impl FnOnce() -> Instant + '_ {
+        move || {
+            reads.set(reads.get() + 1);
+            at
+        }
+    }
+
+    #[test]
+    fn loop_without_deadlines_does_not_read_the_clock() {
+        let reads = Cell::new(0);
+        let limit = sleep_limit(None, None, counting_clock(&reads, Instant::now()));
+        assert_eq!(limit, None, "nothing to wake for: block");
+        assert_eq!(reads.get(), 0);
+    }
+
+    #[test]
+    fn a_deadline_limits_the_sleep_with_one_clock_read() {
+        let now = Instant::now();
+        let reads = Cell::new(0);
+        let paused = sleep_limit(
+            None,
+            Some(now + Duration::from_millis(40)),
+            counting_clock(&reads, now),
+        );
+        assert_eq!(paused, Some(Duration::from_millis(40)));
+        let mut idle = IdleTimeouts::new(Duration::from_secs(1), now);
+        idle.on_accept(0, now);
+        let limit = sleep_limit(
+            Some(&idle),
+            Some(now + Duration::from_secs(60)),
+            counting_clock(&reads, now),
+        )
+        .expect("a scheduled timer is a deadline");
+        assert!(
+            limit >= Duration::from_millis(900) && limit < Duration::from_secs(60),
+            "the idle deadline, the soonest: {limit:?}"
+        );
+        assert_eq!(reads.get(), 2, "one read per call that has a deadline");
+    }
 
     fn test_server() -> Server {
         let addr = "127.0.0.1:0".parse().expect("an address");
