@@ -53,7 +53,12 @@ pub struct SamplesArgs {
     #[arg(long)]
     walkthrough: bool,
     /// Connections the walk-through holds.
-    #[arg(long, default_value_t = 200_000, value_name = "N", requires = "walkthrough")]
+    #[arg(
+        long,
+        default_value_t = 200_000,
+        value_name = "N",
+        requires = "walkthrough"
+    )]
     conns: u64,
     /// List the samples, their files and pages.
     #[arg(long)]
@@ -271,7 +276,11 @@ pub fn run(args: &SamplesArgs) -> TaskResult {
                 sample.name,
                 sample.page,
                 files.join(", "),
-                if sample.cheap { "" } else { "  (not in --check)" }
+                if sample.cheap {
+                    ""
+                } else {
+                    "  (not in --check)"
+                }
             );
         }
         let files: Vec<&str> = WALKTHROUGH_FILES.iter().map(|(f, _)| *f).collect();
@@ -362,6 +371,13 @@ fn build() -> Result<PathBuf, TaskError> {
 // ---------------------------------------------------------------------------
 // The check.
 
+/// One re-run in the check: the sample's name, its files, what it printed.
+type Run = (
+    &'static str,
+    &'static [(&'static str, Shape)],
+    Result<Vec<Recording>, String>,
+);
+
 /// The test command's check: re-run the cheap samples at a small bound and
 /// compare shapes.
 pub fn check() -> TaskResult {
@@ -413,11 +429,15 @@ pub fn check() -> TaskResult {
         scale: Scale::Check,
     };
     let started = Instant::now();
-    let mut runs: Vec<(&str, &[(&str, Shape)], Result<Vec<Recording>, String>)> = Vec::new();
+    let mut runs: Vec<Run> = Vec::new();
     for sample in SAMPLES.iter().filter(|s| s.cheap) {
         let began = Instant::now();
         runs.push((sample.name, sample.files, (sample.record)(&ctx)));
-        eprintln!("    {} ({:.1} s)", sample.name, began.elapsed().as_secs_f64());
+        eprintln!(
+            "    {} ({:.1} s)",
+            sample.name,
+            began.elapsed().as_secs_f64()
+        );
     }
     let began = Instant::now();
     runs.push((
@@ -723,7 +743,11 @@ fn server(ctx: &Ctx, name: &str, args: &[&str]) -> Result<(Proc, u16, String), S
 }
 
 fn shown_command(name: &str, addr: &str, args: &[&str]) -> String {
-    let mut words = vec![format!("target/release/{name}"), "--addr".into(), addr.into()];
+    let mut words = vec![
+        format!("target/release/{name}"),
+        "--addr".into(),
+        addr.into(),
+    ];
     words.extend(args.iter().map(|a| a.to_string()));
     words.join(" ")
 }
@@ -899,11 +923,11 @@ fn ch01_spawn_failure(ctx: &Ctx) -> Result<Vec<Recording>, String> {
             break;
         }
     }
-    let line = proc.wait_for(
-        "`cannot spawn` line",
-        Duration::from_secs(5),
-        |_, err| err.lines().find(|l| l.starts_with("cannot spawn")).map(str::to_string),
-    )?;
+    let line = proc.wait_for("`cannot spawn` line", Duration::from_secs(5), |_, err| {
+        err.lines()
+            .find(|l| l.starts_with("cannot spawn"))
+            .map(str::to_string)
+    })?;
     drop(clients);
     let _ = proc.interrupt();
     let shown = format!(
@@ -978,7 +1002,9 @@ fn ch03_et_read_once(_ctx: &Ctx) -> Result<Vec<Recording>, String> {
     let (stdout, stderr) = output(&mut command, Duration::from_secs(600))?;
     let found = lines_starting(&format!("{stdout}\n{stderr}"), &["--et-read-once:"]);
     if found.is_empty() {
-        return Err(format!("the test printed no `--et-read-once:` line: {stdout}"));
+        return Err(format!(
+            "the test printed no `--et-read-once:` line: {stdout}"
+        ));
     }
     Ok(vec![Recording::new(
         &[format!("cargo {}", args.join(" "))],
@@ -1044,10 +1070,7 @@ fn ch07_run(ctx: &Ctx) -> Result<Vec<Recording>, String> {
         let dir = task_dir.join(task.to_string());
         let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
         let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
-        if let Some(line) = status
-            .lines()
-            .find(|l| l.starts_with("Cpus_allowed_list:"))
-        {
+        if let Some(line) = status.lines().find(|l| l.starts_with("Cpus_allowed_list:")) {
             cpus.push(format!("{} {line}", comm.trim()));
         }
     }
@@ -1119,7 +1142,7 @@ fn ch08_run(ctx: &Ctx) -> Result<Vec<Recording>, String> {
         "--metrics",
         "127.0.0.1:0",
         "--status-every",
-        "1",
+        "2",
     ];
     let (mut server, port, _) = server(ctx, "ch08-million-connections", &args)?;
     let metrics = metrics_port(&mut server)?;
@@ -1150,7 +1173,7 @@ fn ch08_run(ctx: &Ctx) -> Result<Vec<Recording>, String> {
             "--metrics",
             &format!("127.0.0.1:{SHOWN_METRICS_PORT}"),
             "--status-every",
-            "1",
+            "2",
         ],
     );
     // stderr up to the first status line, then the one that saw all twenty.
@@ -1198,7 +1221,10 @@ fn meminfo() -> Vec<String> {
 /// The status lines a reader follows: the first, each one where `open=`
 /// moved, the last; at most twelve.
 fn status_excerpt(stderr: &str) -> Vec<String> {
-    let status: Vec<&str> = stderr.lines().filter(|l| l.starts_with("status:")).collect();
+    let status: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("status:"))
+        .collect();
     let mut kept: Vec<String> = Vec::new();
     let mut last_open = None;
     for (i, line) in status.iter().enumerate() {
@@ -1294,9 +1320,11 @@ fn walkthrough(ctx: &Ctx, conns: u64) -> Result<Vec<Recording>, String> {
     let (report, _) = load.finish(Duration::from_secs(300))?;
     // Let the status line see them leave.
     let seen = server.stderr().matches("status:").count();
-    server.wait_for("a status line after loadgen", Duration::from_secs(30), |_, err| {
-        (err.matches("status:").count() > seen + 1).then_some(())
-    })?;
+    server.wait_for(
+        "a status line after loadgen",
+        Duration::from_secs(30),
+        |_, err| (err.matches("status:").count() > seen + 1).then_some(()),
+    )?;
     let status = status_excerpt(&server.stderr());
 
     // Kill a worker; the supervisor restarts it.
@@ -1331,7 +1359,10 @@ fn walkthrough(ctx: &Ctx, conns: u64) -> Result<Vec<Recording>, String> {
     memory.extend(meminfo_held);
     Ok(vec![
         Recording::new(&[server_shown], start),
-        Recording::new(&["grep -E '^(MemAvailable|Slab):' /proc/meminfo".into()], memory),
+        Recording::new(
+            &["grep -E '^(MemAvailable|Slab):' /proc/meminfo".into()],
+            memory,
+        ),
         Recording::new(&[load_shown], lines(&normalise(&report, &ports))),
         Recording::new(&[], status),
         Recording::new(
@@ -1388,7 +1419,8 @@ mod tests {
     #[test]
     fn first_words_ignore_what_follows() {
         let a = "hold 127.0.0.1:7878: kernel-chosen source\n  connections 2000 of 2000\n";
-        let b = "hold 127.0.0.1:7878: 11 processes over 4 sources\n  connections 200000 of 200000\n";
+        let b =
+            "hold 127.0.0.1:7878: 11 processes over 4 sources\n  connections 200000 of 200000\n";
         assert_eq!(shape_difference(a, b, Shape::FirstWords), None);
         let c = "hold 127.0.0.1:7878\n  established 2000\n";
         assert!(shape_difference(a, c, Shape::FirstWords).is_some());
@@ -1437,10 +1469,7 @@ mod tests {
         assert_eq!(files.len(), count, "a file written by two samples");
         for sample in SAMPLES {
             assert!(
-                workspace_root()
-                    .join("book/src")
-                    .join(sample.page)
-                    .exists(),
+                workspace_root().join("book/src").join(sample.page).exists(),
                 "{}",
                 sample.page
             );
