@@ -311,7 +311,8 @@ pub fn run(args: &SamplesArgs) -> TaskResult {
         .map_err(|e| TaskError::Failed(format!("creating {}: {e}", dir.display())))?;
     if args.walkthrough {
         let recordings = walkthrough(&ctx, args.conns).map_err(TaskError::Failed)?;
-        return write_files(&dir, WALKTHROUGH_FILES, &recordings);
+        write_files(&dir, WALKTHROUGH_FILES, &recordings)?;
+        return update_reading_time();
     }
     for sample in SAMPLES {
         if !args.only.is_empty() && !args.only.iter().any(|n| n == sample.name) {
@@ -322,6 +323,17 @@ pub fn run(args: &SamplesArgs) -> TaskResult {
             .map_err(|e| TaskError::Failed(format!("sample {}: {e}", sample.name)))?;
         write_files(&dir, sample.files, &recordings)?;
     }
+    update_reading_time()
+}
+
+/// The reading-time estimate counts the lines a page shows, included
+/// samples too: a sample that grew or shrank changes it.
+fn update_reading_time() -> TaskResult {
+    let path = crate::reading_time::path();
+    let table = crate::reading_time::render()?;
+    std::fs::write(&path, table)
+        .map_err(|e| TaskError::Failed(format!("writing {}: {e}", path.display())))?;
+    eprintln!("    wrote {}", path.display());
     Ok(())
 }
 
