@@ -131,6 +131,9 @@ enum Shape {
     /// Only the first word of each line: for output whose lines depend on
     /// the host or the scale (the doctor's notes, loadgen's spread line).
     FirstWords,
+    /// Only the command and the first N lines of output, masked: for output
+    /// whose rows depend on the host (the doctor's checks and notes).
+    Head(usize),
 }
 
 /// One run that writes one or more sample files.
@@ -237,7 +240,7 @@ const SAMPLES: &[Sample] = &[
     },
     Sample {
         name: "doctor",
-        files: &[("doctor", Shape::FirstWords)],
+        files: &[("doctor", Shape::Head(2))],
         page: "appendix-host-tuning.md",
         cheap: true,
         record: doctor,
@@ -544,13 +547,19 @@ fn mask_line(line: &str) -> String {
 /// collapsed (one status line or many), and the elision mark dropped.
 fn shape_of(text: &str, shape: Shape) -> Vec<String> {
     let mut lines: Vec<String> = Vec::new();
+    let mut output_lines = 0;
     for line in text.lines() {
         if line.trim().is_empty() || line.trim() == ELIDED {
             continue;
         }
+        if !line.starts_with("$ ") {
+            output_lines += 1;
+        }
         let line = match shape {
             Shape::Masked => mask_line(line),
             Shape::FirstWords => line.split_whitespace().next().unwrap_or("").to_string(),
+            Shape::Head(n) if output_lines > n => break,
+            Shape::Head(_) => mask_line(line),
         };
         if lines.last() != Some(&line) {
             lines.push(line);
@@ -1231,7 +1240,7 @@ fn meminfo() -> Vec<String> {
 }
 
 /// The status lines a reader follows: the first, each one where `open=`
-/// moved, the last; at most twelve.
+/// moved, the last (unless it repeats the line before); at most twelve.
 fn status_excerpt(stderr: &str) -> Vec<String> {
     let status: Vec<&str> = stderr
         .lines()
@@ -1241,7 +1250,8 @@ fn status_excerpt(stderr: &str) -> Vec<String> {
     let mut last_open = None;
     for (i, line) in status.iter().enumerate() {
         let open = field(line, "open");
-        if i == 0 || i + 1 == status.len() || open != last_open {
+        let last = i + 1 == status.len() && kept.last().map(String::as_str) != Some(*line);
+        if i == 0 || last || open != last_open {
             kept.push(line.to_string());
         }
         last_open = open;
@@ -1439,11 +1449,25 @@ mod tests {
     }
 
     #[test]
+    fn head_compares_only_the_first_lines() {
+        let here = "$ cargo xtask doctor\ndoctor: 1000000?\n\ncheck  current\nA  1  OK\nnote\n";
+        let there = "$ cargo xtask doctor\ndoctor: 1000000?\n\ncheck  current\nB  2  WARN\n";
+        assert_eq!(shape_difference(here, there, Shape::Head(2)), None);
+        let changed = "$ cargo xtask doctor\ndoctor: 1000000?\n\ncheck  now\n";
+        assert!(shape_difference(here, changed, Shape::Head(2)).is_some());
+    }
+
+    #[test]
     fn status_excerpt_keeps_changes_first_and_last() {
-        let stderr = "prefork: x\nstatus: open=0\nstatus: open=0\nstatus: open=5\nstatus: open=5\nstatus: open=5\n";
+        let stderr = "prefork: x\nstatus: open=0\nstatus: open=0\nstatus: open=5 w=1\nstatus: open=5 w=2\nstatus: open=5 w=3\n";
         assert_eq!(
             status_excerpt(stderr),
-            vec!["status: open=0", "status: open=5", "status: open=5"]
+            vec!["status: open=0", "status: open=5 w=1", "status: open=5 w=3"]
+        );
+        let repeated = "status: open=0\nstatus: open=5\nstatus: open=5\n";
+        assert_eq!(
+            status_excerpt(repeated),
+            vec!["status: open=0", "status: open=5"]
         );
         let long: String = (0..40).map(|i| format!("status: open={i}\n")).collect();
         let kept = status_excerpt(&long);
