@@ -10,6 +10,7 @@
 //! - `million`   hold a million connections with chapter 08's server, measure, report
 //! - `neighbours` the table of diff sizes between neighbouring chapters, and the reading-time estimate
 //! - `profile`   perf profiles of servers at several connection counts, for the book
+//! - `samples`   run the programs whose output the book shows, and record it (or --check its shape)
 
 mod book;
 mod book_check;
@@ -24,6 +25,7 @@ mod profile;
 mod reading_time;
 mod results;
 mod run;
+mod samples;
 mod test;
 mod typed_numbers;
 
@@ -58,6 +60,8 @@ enum Command {
     Neighbours(neighbours::NeighboursArgs),
     /// Profile servers with perf at several connection counts; writes book/src/generated/profile.md.
     Profile(profile::ProfileArgs),
+    /// Record the program output the book shows (or --check its shape; --walkthrough: ch08's 200K run).
+    Samples(samples::SamplesArgs),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
         Command::Million(args) => million::run(&args),
         Command::Profile(args) => profile::run(&args),
         Command::Neighbours(args) => neighbours::run(&args),
+        Command::Samples(args) => samples::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,7 +6,7 @@ use std::time::Instant;
 use clap::Args;
 
 use crate::run::{TaskError, TaskResult, cargo, run_step};
-use crate::{book, book_check, exercise, million, neighbours, results, typed_numbers};
+use crate::{book, book_check, exercise, million, neighbours, results, samples, typed_numbers};
 
 #[derive(Args)]
 pub struct TestArgs {
@@ -52,6 +52,7 @@ pub fn run(args: &TestArgs) -> TaskResult {
     // The results page and chapter tables come from the committed data only.
     results::check()?;
     typed_numbers::check()?;
+    samples::check()?;
     neighbours::check()?;
     eprintln!("\n==> the recorded million run matches its page");
     million::check_recorded()?;

@@ -13,10 +13,15 @@
 //!   approximation (`about 25 KiB`, `≈6 GiB`), a percentile (`p99 216 ms`),
 //!   or a ratio or rate (`1.16×`, `15,072 conn/s`).
 //!
+//! - in an **output block** (a ```` ```text ```` block, or one without a
+//!   language, that is not a diagram): any line with a digit, outside an
+//!   address. What a program printed is recorded by `cargo xtask samples`
+//!   into `generated/samples/*.txt` and included; typed in, it goes stale.
+//!
 //! Whole numbers with a unit (`16 KiB chunks`, `a 10 s timeout`, `100 ms`)
-//! are design constants and settings, and pass. Code blocks, inline code
-//! and `{{#include}}` lines are not prose. What remains that is not a
-//! measurement goes in [`ALLOWED`], with the reason.
+//! are design constants and settings, and pass. Other code blocks (`sh`,
+//! `rust`, …), inline code and `{{#include}}` lines are not prose. What
+//! remains that is not a measurement goes in [`ALLOWED`], with the reason.
 
 use std::path::Path;
 
@@ -92,6 +97,12 @@ pub const ALLOWED: &[(&str, &str, &str)] = &[
         "0.4 ms",
         "an example of a timeout rounded down, not a result",
     ),
+    (
+        "appendix-host-tuning.md",
+        "net.ipv4.ip_local_port_range: 32768 60999 -> 1024 65535",
+        "`doctor --apply` on a freshly booted host: re-recording it would reset this host's \
+         sysctls; the values are the kernel's defaults and the doctor's targets",
+    ),
 ];
 
 /// One figure the check objects to.
@@ -110,6 +121,8 @@ struct Patterns {
     /// A table cell that is only a figure.
     cell: Regex,
     code_span: Regex,
+    /// An IPv4 address, with or without a port: not a figure.
+    address: Regex,
 }
 
 const NUMBER: &str = r"\d[\d,]*(?:\.\d+)?";
@@ -127,6 +140,8 @@ impl Patterns {
             prose: Regex::new(&prose).expect("the prose pattern is valid"),
             cell: Regex::new(&cell).expect("the cell pattern is valid"),
             code_span: Regex::new(r"`[^`]*`").expect("the code span pattern is valid"),
+            address: Regex::new(r"\d+\.\d+\.\d+\.\d+(?::\d+)?")
+                .expect("the address pattern is valid"),
         }
     }
 }
@@ -147,16 +162,31 @@ pub fn scan(text: &str) -> Vec<Finding> {
     // lines ("about\n5 KB") is still one figure: (first line, text).
     let mut paragraph: Option<(usize, String)> = None;
     let mut fence: Option<&str> = None;
+    // The lines of the output block being read: (first line, lines).
+    let mut output: Option<(usize, Vec<&str>)> = None;
     for (index, line) in text.lines().enumerate() {
         let trimmed = line.trim_start();
         let marker = ["```", "~~~"].into_iter().find(|m| trimmed.starts_with(m));
         let in_code = match (fence, marker) {
             (None, Some(m)) => {
                 fence = Some(m);
+                let language = trimmed[m.len()..].trim();
+                if OUTPUT_LANGUAGES.contains(&language) {
+                    output = Some((index + 2, Vec::new()));
+                }
                 true
             }
             (Some(open), Some(m)) if open == m => {
                 fence = None;
+                if let Some((first, block)) = output.take() {
+                    scan_output(&patterns, first, &block, &mut findings);
+                }
+                true
+            }
+            (Some(_), _) if output.is_some() => {
+                if let Some((_, block)) = &mut output {
+                    block.push(line);
+                }
                 true
             }
             (Some(_), _) => true,
@@ -207,6 +237,45 @@ pub fn scan(text: &str) -> Vec<Finding> {
         scan_prose(&patterns, first, &text, &mut findings);
     }
     findings
+}
+
+/// Code blocks that show what a program printed, by their fence's language.
+const OUTPUT_LANGUAGES: &[&str] = &["", "text", "console", "output"];
+
+/// Box-drawing characters, arrows and ASCII frames: a drawing, whose
+/// numbers are labels (`slot 5`, `t+127`), not output.
+fn is_diagram(block: &[&str]) -> bool {
+    block.iter().any(|line| {
+        line.chars().any(|c| {
+            ('\u{2500}'..='\u{257f}').contains(&c)
+                || ('\u{2190}'..='\u{21ff}').contains(&c)
+                || "►◄▲▼▶◀".contains(c)
+        }) || line.trim_start().starts_with("+---")
+    })
+}
+
+/// An output block typed into the page: its first line with a digit
+/// (outside an address), once per block; an `{{#include}}` of a recorded
+/// sample and a diagram pass.
+fn scan_output(patterns: &Patterns, first: usize, block: &[&str], findings: &mut Vec<Finding>) {
+    if is_diagram(block) {
+        return;
+    }
+    for (offset, line) in block.iter().enumerate() {
+        if line.contains("{{#include") {
+            continue;
+        }
+        let bare = patterns.address.replace_all(line, "");
+        if bare.chars().any(|c| c.is_ascii_digit()) {
+            findings.push(Finding {
+                line: first + offset,
+                text: line.trim().to_string(),
+                what: "a program's output typed into the page (record it with \
+                       `cargo xtask samples` and include the file)",
+            });
+            return;
+        }
+    }
 }
 
 /// The measured-looking figures of one paragraph (or table row) whose first
@@ -338,8 +407,8 @@ Settings are not measurements: 16 KiB chunks, a 10 s timeout, 100 ms back-off,
 
 {{#include generated/ch04-worker-pool-bench-hand-off.md}}
 
-```text
-summary: epoll_wait=4 took 2.5 ms
+```rust
+let took = \"2.5 ms\";
 ```
 ";
 
@@ -378,6 +447,50 @@ summary: epoll_wait=4 took 2.5 ms
                 "{setting} flagged: {found:?}"
             );
         }
+    }
+
+    #[test]
+    fn typed_output_blocks_are_found_and_recorded_ones_pass() {
+        let page = "\
+Run it:
+
+```text
+listening on 127.0.0.1:7878
+summary: connections_served=1 epoll_wait=4
+```
+
+```
+status: open=20 rss=9.0 MiB
+```
+
+```text
+{{#include generated/samples/ch02-run.txt}}
+```
+
+```text
+listening on 127.0.0.1:7878
+```
+
+```sh
+loadgen echo --addr 127.0.0.1:7878 -c 100 --duration 5
+```
+
+```text
+  tick:  t    t+1         slot 5 ──► conn 17
+```
+";
+        let found = scan(page);
+        let texts: Vec<&str> = found.iter().map(|f| f.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            vec![
+                "summary: connections_served=1 epoll_wait=4",
+                "status: open=20 rss=9.0 MiB"
+            ],
+            "{found:?}"
+        );
+        assert_eq!(found[0].line, 5);
+        assert_eq!(found[1].line, 9);
     }
 
     #[test]

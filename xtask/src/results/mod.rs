@@ -396,6 +396,8 @@ const RENDERED_ELSEWHERE: &[&str] = &[
     "profile.md",
     "chapter-diffs.md",
     "reading-time.md",
+    // The program output pages show: `cargo xtask samples` writes and checks it.
+    "samples",
 ];
 
 /// Files in `book/src/generated/` that rendering did not produce.
