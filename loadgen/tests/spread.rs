@@ -117,10 +117,13 @@ fn sources_are_used_equally_across_all_processes() {
     assert_eq!(per_source, expected);
 }
 
+/// A connection's (source address, destination address).
+type Pair = (IpAddr, IpAddr);
+
 /// An echo server listening on 127.0.0.1, 127.0.0.2 and 127.0.0.3 on one
 /// port (as a server on 0.0.0.0 would be reached), remembering each
 /// connection's (source, destination) pair.
-fn echo_server_on_three_addresses() -> (SocketAddr, Arc<Mutex<Vec<(IpAddr, IpAddr)>>>) {
+fn echo_server_on_three_addresses() -> (SocketAddr, Arc<Mutex<Vec<Pair>>>) {
     // The port is free on 127.0.0.1; another program may hold it on .2 or
     // .3, so try a few.
     let listeners = (0..20)
@@ -178,7 +181,7 @@ fn destinations_and_sources_pair_up_equally_across_all_processes() {
     assert_eq!(report.connections_answered, 360);
     assert_eq!(report.dests, ["127.0.0.1", "127.0.0.2", "127.0.0.3"]);
 
-    let mut per_pair: HashMap<(IpAddr, IpAddr), usize> = HashMap::new();
+    let mut per_pair: HashMap<Pair, usize> = HashMap::new();
     for pair in pairs.lock().unwrap().iter() {
         *per_pair.entry(*pair).or_default() += 1;
     }
