@@ -258,25 +258,14 @@ pub fn run(args: &MillionArgs) -> TaskResult {
              after the verify pass (the first three quarters of the hold)"
         )));
     }
-    // First, before any thread exists: every thread and process started
-    // from here on inherits the namespace.
+    let mut built = None;
     let namespace = if args.netns {
-        step("a network namespace of its own");
-        let mut ns = netns::enter(args.conns + args.active)?;
-        eprintln!(
-            "    established hash {} buckets (the host's: {}); lo up",
-            ns.ehash_entries, ns.host_ehash_entries
-        );
-        for sysctl in &ns.sysctls {
-            eprintln!("    {sysctl} (the host's)");
-        }
-        // The namespace is ours: raise its own sysctls where the doctor
-        // finds them short, whatever --apply says (the host's stay as they are).
-        for raised in doctor::raise_in_namespace((args.conns + args.active) as u64)? {
-            eprintln!("    {raised} (what the doctor asks)");
-            ns.sysctls.push(raised);
-        }
-        Some(ns)
+        netns::check_host()?;
+        // Built on the host: a first build may fetch crates, and the
+        // namespace has no network.
+        step("build");
+        built = Some(build(&args.server)?);
+        Some(enter_namespace(args)?)
     } else {
         None
     };
@@ -294,8 +283,13 @@ pub fn run(args: &MillionArgs) -> TaskResult {
         }
     }
     flamegraph::RampProfiler::check_host(args.profile_from())?;
-    step("build");
-    let binaries = build(&args.server)?;
+    let binaries = match built {
+        Some(binaries) => binaries,
+        None => {
+            step("build");
+            build(&args.server)?
+        }
+    };
     let mut report = measure::measure(args, hold_seconds, &binaries)?;
     report.network_namespace = namespace;
     report.dests = args.dests.map(destinations);
@@ -330,6 +324,30 @@ pub fn run(args: &MillionArgs) -> TaskResult {
             failed.join("; ")
         )))
     }
+}
+
+/// `--netns`: moves xtask into a network namespace of its own, before it
+/// starts any thread (every thread and process started afterwards is
+/// inside too), and raises the namespace's own sysctls where the doctor
+/// finds them short.
+fn enter_namespace(args: &MillionArgs) -> Result<netns::NetworkNamespace, TaskError> {
+    step("a network namespace of its own");
+    let conns = args.conns + args.active;
+    let mut ns = netns::enter(conns)?;
+    eprintln!(
+        "    established hash {} buckets (the host's: {}); lo up",
+        ns.ehash_entries, ns.host_ehash_entries
+    );
+    for sysctl in &ns.sysctls {
+        eprintln!("    {sysctl} (the host's)");
+    }
+    // The namespace is ours: its own sysctls are raised whatever --apply
+    // says (the host's stay as they are).
+    for raised in doctor::raise_in_namespace(conns as u64)? {
+        eprintln!("    {raised} (what the doctor asks)");
+        ns.sysctls.push(raised);
+    }
+    Ok(ns)
 }
 
 /// `--dests N` as loadgen's `--dests`: 127.0.0.1 to 127.0.0.N.

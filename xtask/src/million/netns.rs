@@ -106,21 +106,7 @@ pub(super) fn ehash_entries_for(connections: usize) -> u64 {
 /// is started: `unshare` moves only the calling thread, and every thread
 /// and process started afterwards inherits its namespace.
 pub(super) fn enter(connections: usize) -> Result<NetworkNamespace, TaskError> {
-    let usage = |why: String| Err(TaskError::Usage(format!("--netns: {why}")));
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return usage(
-            "creating a network namespace and sizing its hash need root \
-             (CAP_SYS_ADMIN); run it as root, or without --netns"
-                .to_string(),
-        );
-    }
-    if !std::path::Path::new(CHILD_EHASH).exists() {
-        return usage(format!(
-            "this kernel has no {CHILD_EHASH} (Linux 6.1+ sizes a namespace's own \
-             established hash); run without --netns, or on a newer kernel"
-        ));
-    }
+    check_host()?;
     if threads() != Some(1) {
         return Err(TaskError::Failed(
             "--netns: xtask started a thread before entering the namespace; that \
@@ -188,6 +174,27 @@ pub(super) fn enter(connections: usize) -> Result<NetworkNamespace, TaskError> {
         host_ehash_entries: host_ehash,
         sysctls,
     })
+}
+
+/// Can this process make a namespace with its own hash? One line naming
+/// the cause and the fix (exit 2) when not.
+pub(super) fn check_host() -> Result<(), TaskError> {
+    let usage = |why: String| Err(TaskError::Usage(format!("--netns: {why}")));
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return usage(
+            "creating a network namespace and sizing its hash need root \
+             (CAP_SYS_ADMIN); run it as root, or without --netns"
+                .to_string(),
+        );
+    }
+    if !std::path::Path::new(CHILD_EHASH).exists() {
+        return usage(format!(
+            "this kernel has no {CHILD_EHASH} (Linux 6.1+ sizes a namespace's own \
+             established hash); run without --netns, or on a newer kernel"
+        ));
+    }
+    Ok(())
 }
 
 /// `unshare(CLONE_NEWNET)`: the calling thread leaves its network
