@@ -94,15 +94,16 @@ pub(crate) fn host_value(key: &str) -> Option<String> {
 
 /// The hash size `--netns` asks for: a bucket per socket (two a
 /// connection, both ends on this host), a power of two, at most the
-/// kernel's bound.
-pub(super) fn ehash_entries_for(connections: usize) -> u64 {
+/// kernel's bound, and never smaller than the host's table (`host`).
+pub(super) fn ehash_entries_for(connections: usize, host: u64) -> u64 {
     (2 * connections as u64)
         .next_power_of_two()
+        .max(host.next_power_of_two())
         .clamp(1, MAX_EHASH)
 }
 
 /// Moves this process into a new network namespace with a hash of
-/// [`ehash_entries_for`]`(connections)` buckets. Call before any thread
+/// [`ehash_entries_for`] `connections` buckets. Call before any thread
 /// is started: `unshare` moves only the calling thread, and every thread
 /// and process started afterwards inherits its namespace.
 pub(super) fn enter(connections: usize) -> Result<NetworkNamespace, TaskError> {
@@ -114,8 +115,8 @@ pub(super) fn enter(connections: usize) -> Result<NetworkNamespace, TaskError> {
                 .to_string(),
         ));
     }
-    let wanted = ehash_entries_for(connections);
     let host_ehash = read_number(EHASH)?.unsigned_abs();
+    let wanted = ehash_entries_for(connections, host_ehash);
     let copied: Vec<(&str, String)> = PER_NAMESPACE
         .iter()
         .filter_map(|&key| Some((key, fs::read_to_string(sysctl_path(key)).ok()?)))
@@ -274,13 +275,16 @@ mod tests {
 
     #[test]
     fn the_hash_has_a_bucket_per_socket_rounded_up_to_a_power_of_two() {
+        let host = 1 << 18;
         // 1,001,000 connections are 2,002,000 sockets: 2^21 buckets.
-        assert_eq!(ehash_entries_for(1_001_000), 1 << 21);
-        assert_eq!(ehash_entries_for(51_000), 1 << 17);
-        assert_eq!(ehash_entries_for(1 << 20), 1 << 21);
+        assert_eq!(ehash_entries_for(1_001_000, host), 1 << 21);
+        assert_eq!(ehash_entries_for(1 << 20, host), 1 << 21);
+        assert_eq!(ehash_entries_for(51_000, 1 << 10), 1 << 17);
+        // Never smaller than the host's: a small run keeps its chains.
+        assert_eq!(ehash_entries_for(51_000, host), host);
         // The kernel takes at most 16 Mi.
-        assert_eq!(ehash_entries_for(100_000_000), 1 << 24);
-        assert_eq!(ehash_entries_for(0), 1);
+        assert_eq!(ehash_entries_for(100_000_000, host), 1 << 24);
+        assert_eq!(ehash_entries_for(0, 0), 1);
     }
 
     #[test]
