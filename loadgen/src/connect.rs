@@ -8,7 +8,9 @@
 //! has at most ~64K ephemeral ports towards one server address, so a million
 //! connections need many sources. On Linux, `IP_BIND_ADDRESS_NO_PORT` lets
 //! `bind()` pick only the address and leaves the port to `connect()`, which
-//! can reuse a port towards different destinations.
+//! can reuse a port towards different destinations. So a server that
+//! listens on several addresses (0.0.0.0, reached as 127.0.0.1, 127.0.0.2,
+//! ...) gives every source address one port range per destination.
 
 // ANCHOR: start_connect
 use std::io;
@@ -26,8 +28,28 @@ use crate::report::ConnectStats;
 #[derive(Debug, Clone)]
 pub struct Target {
     pub addr: SocketAddr,
-    /// Local addresses to bind, used round-robin. Empty: let the kernel choose.
+    /// Destination addresses, all on `addr`'s port. Empty: `addr` alone.
+    pub dests: Vec<IpAddr>,
+    /// Local addresses to bind. Empty: let the kernel choose.
     pub sources: Vec<IpAddr>,
+}
+
+impl Target {
+    /// Where connection `index` goes and where it comes from. The
+    /// connections cycle through every (source, destination) pair in turn,
+    /// so each pair gets an equal share (picking the source and the
+    /// destination round-robin separately would use only some pairs when
+    /// the two counts share a factor).
+    pub fn endpoints(&self, index: usize) -> (SocketAddr, Option<IpAddr>) {
+        let sources = self.sources.len().max(1);
+        let pair = index % (sources * self.dests.len().max(1));
+        let source = self.sources.get(pair % sources).copied();
+        let dest = match self.dests.get(pair / sources) {
+            Some(&ip) => SocketAddr::new(ip, self.addr.port()),
+            None => self.addr,
+        };
+        (dest, source)
+    }
 }
 
 /// Starts a non-blocking connect from `source` (if any) to `addr`.
@@ -93,6 +115,15 @@ pub fn limit_error(err: &io::Error, connections: usize, addr: SocketAddr) -> Opt
 /// Parses `--sources`: comma-separated addresses or inclusive IPv4 ranges,
 /// e.g. `127.0.0.1-127.0.0.20,127.0.1.1`.
 pub fn parse_sources(spec: &str) -> Result<Vec<IpAddr>, String> {
+    parse_addresses(spec, "--sources")
+}
+
+/// Parses `--dests` the way `--sources` is parsed: `127.0.0.1-127.0.0.8`.
+pub fn parse_dests(spec: &str) -> Result<Vec<IpAddr>, String> {
+    parse_addresses(spec, "--dests")
+}
+
+fn parse_addresses(spec: &str, flag: &str) -> Result<Vec<IpAddr>, String> {
     let mut sources = Vec::new();
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         if let Some((first, last)) = part.split_once('-') {
@@ -103,18 +134,18 @@ pub fn parse_sources(spec: &str) -> Result<Vec<IpAddr>, String> {
             };
             let (first, last) = (u32::from(parse(first)?), u32::from(parse(last)?));
             if last < first || last - first >= 1 << 24 {
-                return Err(format!("bad source range {part:?}"));
+                return Err(format!("{flag}: bad address range {part:?}"));
             }
             sources.extend((first..=last).map(|a| IpAddr::V4(Ipv4Addr::from(a))));
         } else {
             let addr = part
                 .parse::<IpAddr>()
-                .map_err(|e| format!("bad source address {part:?}: {e}"))?;
+                .map_err(|e| format!("{flag}: bad address {part:?}: {e}"))?;
             sources.push(addr);
         }
     }
     if sources.is_empty() {
-        return Err("--sources names no address".to_string());
+        return Err(format!("{flag} names no address"));
     }
     Ok(sources)
 }
@@ -150,8 +181,9 @@ pub struct RampPlan {
     pub max_in_flight: usize,
     /// A connect not done after this long counts as failed.
     pub timeout: Duration,
-    /// Index of the first connection, used to pick its source address, so
-    /// that several loops sharing one source list spread evenly.
+    /// Index of the first connection, used to pick its source and
+    /// destination addresses, so that several loops sharing one list
+    /// spread evenly.
     pub first_index: usize,
 }
 
@@ -196,13 +228,10 @@ pub fn ramp(
             None => plan.count,
         };
         while started < allowed_by_rate && in_flight < plan.max_in_flight {
-            let source = match target.sources.len() {
-                0 => None,
-                n => Some(target.sources[(plan.first_index + started) % n]),
-            };
-            let mut stream = match start_connect(target.addr, source) {
+            let (dest, source) = target.endpoints(plan.first_index + started);
+            let mut stream = match start_connect(dest, source) {
                 Ok(stream) => stream,
-                Err(e) => match limit_error(&e, streams.len() + in_flight, target.addr) {
+                Err(e) => match limit_error(&e, streams.len() + in_flight, dest) {
                     Some(limit) => return Err(limit),
                     None => {
                         started += 1;
@@ -346,5 +375,50 @@ mod tests {
         assert!(parse_sources("127.0.0.5-127.0.0.1").is_err());
         assert!(parse_sources("").is_err());
         assert!(parse_sources("localhost").is_err());
+        let err = parse_dests("127.0.0.9-127.0.0.2").unwrap_err();
+        assert!(err.starts_with("--dests"), "{err}");
+        assert_eq!(parse_dests("127.0.0.1-127.0.0.8").unwrap().len(), 8);
+    }
+
+    fn target(dests: &str, sources: &str) -> Target {
+        let list = |spec: &str| {
+            if spec.is_empty() {
+                Vec::new()
+            } else {
+                parse_sources(spec).unwrap()
+            }
+        };
+        Target {
+            addr: "127.0.0.1:7000".parse().unwrap(),
+            dests: list(dests),
+            sources: list(sources),
+        }
+    }
+
+    #[test]
+    fn without_lists_every_connection_goes_to_addr_from_the_kernels_source() {
+        let t = target("", "");
+        assert_eq!(t.endpoints(0), ("127.0.0.1:7000".parse().unwrap(), None));
+        assert_eq!(t.endpoints(12345), t.endpoints(0));
+    }
+
+    #[test]
+    fn connections_cycle_through_every_source_and_destination_pair_equally() {
+        use std::collections::HashMap;
+        // Two sources and four destinations share a factor: picking each
+        // round-robin on its own would use only four of the eight pairs.
+        let t = target("127.0.0.1-127.0.0.4", "127.0.1.1-127.0.1.2");
+        let mut pairs: HashMap<(SocketAddr, Option<IpAddr>), usize> = HashMap::new();
+        for i in 0..800 {
+            *pairs.entry(t.endpoints(i)).or_default() += 1;
+        }
+        assert_eq!(pairs.len(), 8);
+        assert!(pairs.values().all(|&n| n == 100), "{pairs:?}");
+        assert!(pairs.keys().all(|(dest, _)| dest.port() == 7000));
+        // Destinations alone: round-robin over them, kernel's source.
+        let t = target("127.0.0.1-127.0.0.3", "");
+        let dests: Vec<SocketAddr> = (0..3).map(|i| t.endpoints(i).0).collect();
+        assert_eq!(dests[2], "127.0.0.3:7000".parse().unwrap());
+        assert_eq!(t.endpoints(4), t.endpoints(1));
     }
 }

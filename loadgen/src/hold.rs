@@ -41,6 +41,9 @@ use crate::report::{self, ConnectStats, ErrorCounts, HoldReport, Latency};
 #[derive(Debug, Clone)]
 pub struct HoldConfig {
     pub addr: SocketAddr,
+    /// Destination addresses to spread over, all on `addr`'s port (a
+    /// server listening on 0.0.0.0); empty: `addr` alone.
+    pub dests: Vec<IpAddr>,
     /// Local addresses to connect from, round-robin (empty: kernel's choice).
     pub sources: Vec<IpAddr>,
     pub connections: usize,
@@ -77,6 +80,7 @@ impl HoldConfig {
     pub fn new(addr: SocketAddr) -> HoldConfig {
         HoldConfig {
             addr,
+            dests: Vec::new(),
             sources: Vec::new(),
             connections: 100,
             rate: None,
@@ -110,6 +114,16 @@ impl HoldConfig {
         }
         if self.ping_size == 0 {
             return bad("--ping-size must be at least 1");
+        }
+        if let Some(dest) = self
+            .dests
+            .iter()
+            .find(|d| d.is_ipv4() != self.addr.is_ipv4())
+        {
+            return Err(LoadError::Config(format!(
+                "--dests: {dest} is not of the same address family as --addr {}",
+                self.addr
+            )));
         }
         Ok(())
     }
@@ -218,6 +232,7 @@ pub(crate) fn run_watched(
     // ANCHOR: ramp_up
     let target = Target {
         addr: config.addr,
+        dests: config.dests.clone(),
         sources: config.sources.clone(),
     };
     let plan = RampPlan {
@@ -354,6 +369,7 @@ pub(crate) fn run_watched(
     let stats = ramped.stats;
     let report = HoldReport {
         addr: config.addr.to_string(),
+        dests: config.dests.iter().map(ToString::to_string).collect(),
         sources: config.sources.iter().map(ToString::to_string).collect(),
         target_rate: config.rate,
         ok: stats.established == config.connections

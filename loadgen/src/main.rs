@@ -4,6 +4,7 @@
 //! loadgen echo --addr 127.0.0.1:7878 -c 100 --size 64 --duration 10
 //! loadgen hold --addr 127.0.0.1:7878 -n 10000 --rate 5000 --hold 30
 //! loadgen hold --addr 127.0.0.1:7878 -n 1000000 --procs auto --sources auto --verify-all
+//! loadgen hold --addr 127.0.0.1:7878 -n 1000000 --dests 127.0.0.1-127.0.0.8  # a server on 0.0.0.0
 //! ```
 
 use std::io::Write;
@@ -113,6 +114,12 @@ struct HoldArgs {
     /// Connections to open and hold.
     #[arg(short = 'n', long = "conns", default_value_t = 100)]
     conns: usize,
+    /// Destination addresses to spread the connections over, all on
+    /// --addr's port, e.g. `127.0.0.1-127.0.0.8` for a server listening on
+    /// 0.0.0.0. Each (source, destination) pair has a port range of its
+    /// own, so `--sources auto` needs fewer source addresses.
+    #[arg(long, value_parser = parse_dests, value_name = "ADDRS")]
+    dests: Option<DestsArg>,
     /// Connects started per second (default: as fast as possible).
     #[arg(long, value_name = "CONNS_PER_SEC")]
     rate: Option<f64>,
@@ -160,6 +167,14 @@ fn parse_sources(spec: &str) -> Result<SourcesArg, String> {
         return Ok(SourcesArg::Auto);
     }
     loadgen::connect::parse_sources(spec).map(SourcesArg::List)
+}
+
+/// The parsed `--dests` value (a newtype, so clap takes the list as one value).
+#[derive(Clone)]
+struct DestsArg(Vec<IpAddr>);
+
+fn parse_dests(spec: &str) -> Result<DestsArg, String> {
+    loadgen::connect::parse_dests(spec).map(DestsArg)
 }
 
 fn parse_procs(spec: &str) -> Result<Procs, String> {
@@ -218,6 +233,7 @@ fn run_echo(args: EchoArgs) -> Result<bool, LoadError> {
 
 fn run_hold(args: HoldArgs) -> Result<bool, LoadError> {
     let mut config = HoldConfig::new(args.common.addr);
+    config.dests = args.dests.map(|d| d.0).unwrap_or_default();
     config.connections = args.conns;
     config.rate = args.rate;
     config.max_connecting = args.max_connecting;
@@ -311,6 +327,19 @@ mod tests {
         };
         assert_eq!(list.len(), 3);
         assert!(matches!(args.procs, Procs::Auto));
+    }
+
+    #[test]
+    fn dests_flag_parses_a_range_like_sources() {
+        let cli = Cli::try_parse_from(["loadgen", "hold", "--dests", "127.0.0.1-127.0.0.4"]);
+        let Ok(Cli {
+            mode: Mode::Hold(args),
+        }) = cli
+        else {
+            panic!("hold with --dests did not parse");
+        };
+        assert_eq!(args.dests.map(|d| d.0.len()), Some(4));
+        assert!(Cli::try_parse_from(["loadgen", "hold", "--dests", "auto"]).is_err());
     }
 
     #[test]

@@ -235,6 +235,10 @@ pub struct EchoReport {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HoldReport {
     pub addr: String,
+    /// Destination addresses on `addr`'s port the connections were spread
+    /// over (empty: `addr` alone).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dests: Vec<String>,
     /// Local addresses connections were bound to (empty: the kernel chose).
     pub sources: Vec<String>,
     /// Requested connect rate in connections per second (None: as fast as possible).
@@ -417,9 +421,13 @@ impl HoldReport {
             0 | 1 => String::new(),
             p => format!(", {p} processes"),
         };
+        let dests = match self.dests.len() {
+            0 => String::new(),
+            d => format!(" over {d} destination addresses"),
+        };
         writeln!(
             out,
-            "hold {}: {sources}, target rate {rate}{processes}",
+            "hold {}{dests}: {sources}, target rate {rate}{processes}",
             self.addr
         )?;
         print_connect(out, &self.connect)?;

@@ -22,7 +22,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::io::{self, BufRead, BufReader, Read};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
@@ -49,6 +49,7 @@ const LISTENING_PREFIX: &str = "listening on ";
 #[derive(Debug, Clone)]
 pub struct ServerBuilder {
     bin: PathBuf,
+    listen: SocketAddr,
     args: Vec<OsString>,
     nofile_limit: Option<u64>,
     cpu: Option<usize>,
@@ -56,6 +57,15 @@ pub struct ServerBuilder {
 }
 
 impl ServerBuilder {
+    /// Listens on `addr` instead of `127.0.0.1:0` (its `--addr`). An
+    /// unspecified host (`0.0.0.0:0`) listens on every address of the
+    /// host, reachable from outside it: only for a host (or a network
+    /// namespace) that has nothing but loopback.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
     /// Appends one argument (after `--addr 127.0.0.1:0`).
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
         self.args.push(arg.as_ref().to_owned());
@@ -99,7 +109,7 @@ impl ServerBuilder {
         let mut command = Command::new(&self.bin);
         command
             .arg("--addr")
-            .arg("127.0.0.1:0")
+            .arg(self.listen.to_string())
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -252,6 +262,20 @@ impl CpuSet {
     }
 }
 
+/// A listening address as a client reaches it: every-address listeners
+/// through loopback.
+fn connectable(listening: SocketAddr) -> SocketAddr {
+    match listening.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from(([127, 0, 0, 1], listening.port()))
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), listening.port())
+        }
+        _ => listening,
+    }
+}
+
 /// `listening on 127.0.0.1:40123` → `127.0.0.1:40123`.
 fn parse_listening_line(line: &str) -> Option<SocketAddr> {
     line.trim_end()
@@ -347,6 +371,7 @@ impl ServerProcess {
     pub fn builder(bin: impl AsRef<Path>) -> ServerBuilder {
         ServerBuilder {
             bin: bin.as_ref().to_owned(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             args: Vec::new(),
             nofile_limit: None,
             cpu: None,
@@ -363,8 +388,15 @@ impl ServerProcess {
         ServerProcess::builder(bin).args(args).spawn()
     }
 
-    /// The address from the server's `listening on` line.
+    /// Where to connect: the address from the server's `listening on`
+    /// line, or for a server listening on every address (`0.0.0.0`, `::`)
+    /// the loopback address with its port.
     pub fn addr(&self) -> SocketAddr {
+        connectable(self.addr)
+    }
+
+    /// The address exactly as the server's `listening on` line gave it.
+    pub fn listening_addr(&self) -> SocketAddr {
         self.addr
     }
 
@@ -743,6 +775,14 @@ mod tests {
         );
         assert_eq!(parse_listening_line("listening at 127.0.0.1:1"), None);
         assert_eq!(parse_listening_line("listening on localhost"), None);
+    }
+
+    #[test]
+    fn a_server_on_every_address_is_reached_through_loopback() {
+        let at = |s: &str| connectable(s.parse().unwrap()).to_string();
+        assert_eq!(at("0.0.0.0:4000"), "127.0.0.1:4000");
+        assert_eq!(at("[::]:4000"), "[::1]:4000");
+        assert_eq!(at("127.0.0.2:4000"), "127.0.0.2:4000");
     }
 
     #[cfg(target_os = "linux")]

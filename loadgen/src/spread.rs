@@ -138,22 +138,27 @@ pub fn parse_port_range(text: &str) -> Option<(u16, u16)> {
 pub struct SpreadPlan {
     pub connections: usize,
     pub processes: usize,
+    /// Destination addresses on the server's port (empty: its address).
+    pub dests: Vec<IpAddr>,
     /// Empty: the kernel picks the source address.
     pub sources: Vec<IpAddr>,
     pub limits: HostLimits,
 }
 
 // ANCHOR: plan
-/// Chooses processes and source addresses for `connections` to `server`.
+/// Chooses processes and source addresses for `connections` to `server`
+/// (or to `dests` on its port, when given).
 ///
 /// A process holds at most `RLIMIT_NOFILE - FD_HEADROOM` connections; a
-/// source address at most one port-range width of them towards `server`,
-/// and automatic choice puts only a quarter of a width on each (see the
-/// module docs: beyond that, connects slow down as they scan for a port). An explicit choice
-/// that cannot work is an error naming the limit.
+/// source address at most one port-range width of them towards each
+/// destination, and automatic choice puts only a quarter of a width on
+/// each (source, destination) pair (see the module docs: beyond that,
+/// connects slow down as they scan for a port). An explicit choice that
+/// cannot work is an error naming the limit.
 pub fn plan(
     connections: usize,
     server: SocketAddr,
+    dests: &[IpAddr],
     procs: Procs,
     sources: &Sources,
     limits: HostLimits,
@@ -183,34 +188,48 @@ pub fn plan(
         }
     };
 
-    let per_source = limits.ports_per_source();
+    // A port is taken per (source, destination) pair, so every destination
+    // brings each source address a port range of its own.
+    let destinations = dests.len().max(1) as u64;
+    let per_source = limits.ports_per_source() * destinations;
+    let fast_per_source = limits.fast_ports_per_source() * destinations;
     let (low, high) = limits.port_range;
+    let per_pair = match destinations {
+        1 => "per source".to_string(),
+        d => format!("per source and destination, {d} destinations"),
+    };
     let sources = match sources {
         Sources::List(list) => {
             let needed = n.div_ceil(per_source);
             if (list.len() as u64) < needed {
                 return Err(format!(
                     "{connections} connections need {needed} source addresses \
-                     (port range {low}-{high} = {per_source} per source), --sources gives {}; \
+                     (port range {low}-{high} = {} {per_pair}), --sources gives {}; \
                      widen net.ipv4.ip_local_port_range or use --sources auto",
+                    limits.ports_per_source(),
                     list.len()
                 ));
             }
             list.clone()
         }
-        Sources::Auto if n <= limits.fast_ports_per_source() => Vec::new(),
+        Sources::Auto if n <= fast_per_source => Vec::new(),
         Sources::Auto => {
-            let sources_needed = n.div_ceil(limits.fast_ports_per_source());
+            let sources_needed = n.div_ceil(fast_per_source);
+            let loopback = |ip: IpAddr| ip.is_loopback() && ip.is_ipv4();
             match server.ip() {
                 // 127.0.0.0/8 is all loopback: 127.0.0.1, 127.0.0.2, ...
-                IpAddr::V4(ip) if ip.is_loopback() && sources_needed < 1 << 24 => (1
-                    ..=sources_needed as u32)
-                    .map(|host| IpAddr::V4(Ipv4Addr::from(0x7f00_0000 | host)))
-                    .collect(),
+                ip if loopback(ip)
+                    && dests.iter().all(|&d| loopback(d))
+                    && sources_needed < 1 << 24 =>
+                {
+                    (1..=sources_needed as u32)
+                        .map(|host| IpAddr::V4(Ipv4Addr::from(0x7f00_0000 | host)))
+                        .collect()
+                }
                 _ => {
                     return Err(format!(
                         "{connections} connections to {server} need {sources_needed} source \
-                         addresses (port range {low}-{high}, {} per source for fast \
+                         addresses (port range {low}-{high}, {} {per_pair} for fast \
                          connects); only 127.0.0.0/8 can be chosen automatically: \
                          give them with --sources",
                         limits.fast_ports_per_source()
@@ -222,6 +241,7 @@ pub fn plan(
     Ok(SpreadPlan {
         connections,
         processes,
+        dests: dests.to_vec(),
         sources,
         limits,
     })
@@ -249,9 +269,19 @@ impl SpreadPlan {
             1 => format!("1 source address {}", format_sources(&self.sources)),
             k => format!("{k} source addresses {}", format_sources(&self.sources)),
         };
+        let (dests, per) = match self.dests.len() {
+            0 => (String::new(), "per source"),
+            d => (
+                format!(
+                    " towards {d} destination addresses {}",
+                    format_sources(&self.dests)
+                ),
+                "per source and destination",
+            ),
+        };
         format!(
-            "{} connections over {processes} (RLIMIT_NOFILE={}) and {sources} \
-             (port range {low}-{high}: {} per source, a quarter of the range, so \
+            "{} connections over {processes} (RLIMIT_NOFILE={}) and {sources}{dests} \
+             (port range {low}-{high}: {} {per}, a quarter of the range, so \
              connect() finds a free port at once)",
             self.connections,
             self.limits.nofile_hard,
@@ -320,12 +350,13 @@ pub fn run_hold(config: &SpreadConfig) -> Result<HoldReport, LoadError> {
     let plan = plan(
         config.hold.connections,
         config.hold.addr,
+        &config.hold.dests,
         config.procs,
         &config.sources,
         limits,
     )
     .map_err(LoadError::Config)?;
-    if plan.processes > 1 || plan.sources.len() > 1 {
+    if plan.processes > 1 || plan.sources.len() > 1 || plan.dests.len() > 1 {
         eprintln!("loadgen: {}", plan.describe());
     }
     let mut hold = config.hold.clone();
@@ -390,6 +421,9 @@ fn child_args(
     }
     if !plan.sources.is_empty() {
         args.push(format!("--sources={}", format_sources(&plan.sources)));
+    }
+    if !plan.dests.is_empty() {
+        args.push(format!("--dests={}", format_sources(&plan.dests)));
     }
     if hold.verify_all {
         args.push("--verify-all".to_string());
@@ -583,6 +617,7 @@ pub fn merge(
     let mut connect = ConnectStats::default();
     let mut merged = HoldReport {
         addr: hold.addr.to_string(),
+        dests: plan.dests.iter().map(ToString::to_string).collect(),
         sources: plan.sources.iter().map(ToString::to_string).collect(),
         target_rate: hold.rate,
         processes: reports.len(),
@@ -730,6 +765,7 @@ mod tests {
         let p = plan(
             100,
             loopback(),
+            &[],
             Procs::Auto,
             &Sources::Auto,
             here(20_000, 32768, 60999),
@@ -744,6 +780,7 @@ mod tests {
         let p = plan(
             1_000_000,
             loopback(),
+            &[],
             Procs::Auto,
             &Sources::Auto,
             here(20_000, 1024, 65535),
@@ -764,10 +801,64 @@ mod tests {
     }
 
     #[test]
+    fn several_destinations_give_each_source_a_port_range_apiece() {
+        let dests = crate::connect::parse_dests("127.0.0.1-127.0.0.8").unwrap();
+        let limits = here(20_000, 1024, 65535);
+        let p = plan(
+            1_000_000,
+            loopback(),
+            &dests,
+            Procs::Auto,
+            &Sources::Auto,
+            limits,
+        )
+        .unwrap();
+        // A quarter of 1024-65535 per (source, destination) pair:
+        // ceil(1e6 / (16128 x 8)) = 8 sources instead of 63.
+        assert_eq!(p.sources.len(), 8);
+        assert_eq!(p.processes, 51);
+        assert_eq!(p.dests, dests);
+        assert!(
+            p.describe().contains(
+                "8 source addresses 127.0.0.1-127.0.0.8 towards 8 destination addresses \
+                 127.0.0.1-127.0.0.8 (port range 1024-65535: 16128 per source and destination"
+            ),
+            "{}",
+            p.describe()
+        );
+        // Up to one quarter-range per destination the kernel's source will do.
+        let small = |n| plan(n, loopback(), &dests, Procs::Auto, &Sources::Auto, limits);
+        assert!(small(8 * 16_128).unwrap().sources.is_empty());
+        assert_eq!(small(8 * 16_128 + 1).unwrap().sources.len(), 2);
+        // An explicit list may fill whole ranges, one per destination.
+        let one = Sources::List(vec!["127.0.0.1".parse().unwrap()]);
+        let with = |n| plan(n, loopback(), &dests, Procs::Auto, &one, limits);
+        assert!(with(8 * 64_512).is_ok());
+        let err = with(8 * 64_512 + 1).unwrap_err();
+        assert!(
+            err.contains("per source and destination, 8 destinations"),
+            "{err}"
+        );
+        // Only loopback destinations are chosen sources automatically.
+        let remote = vec!["10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()];
+        let err = plan(
+            1_000_000,
+            loopback(),
+            &remote,
+            Procs::Auto,
+            &Sources::Auto,
+            limits,
+        )
+        .unwrap_err();
+        assert!(err.contains("--sources"), "{err}");
+    }
+
+    #[test]
     fn default_port_range_needs_more_sources() {
         let p = plan(
             1_000_000,
             loopback(),
+            &[],
             Procs::Auto,
             &Sources::Auto,
             here(2_000_000, 32768, 60999),
@@ -783,7 +874,7 @@ mod tests {
     #[test]
     fn boundaries_are_exact() {
         let limits = here(20_100, 1, 100); // 20,000 per process, 100 ports
-        let at = |n| plan(n, loopback(), Procs::Auto, &Sources::Auto, limits).unwrap();
+        let at = |n| plan(n, loopback(), &[], Procs::Auto, &Sources::Auto, limits).unwrap();
         assert_eq!((at(20_000).processes, at(20_001).processes), (1, 2));
         // A quarter of the range per source: 25 fit the kernel's choice, 26
         // need two.
@@ -791,8 +882,8 @@ mod tests {
         assert_eq!((at(50).sources.len(), at(51).sources.len()), (2, 3));
         // An explicit list may fill whole ranges.
         let two = Sources::List(crate::connect::parse_sources("127.0.0.1-127.0.0.2").unwrap());
-        assert!(plan(200, loopback(), Procs::Auto, &two, limits).is_ok());
-        assert!(plan(201, loopback(), Procs::Auto, &two, limits).is_err());
+        assert!(plan(200, loopback(), &[], Procs::Auto, &two, limits).is_ok());
+        assert!(plan(201, loopback(), &[], Procs::Auto, &two, limits).is_err());
     }
 
     #[test]
@@ -801,6 +892,7 @@ mod tests {
         let err = plan(
             50_000,
             loopback(),
+            &[],
             Procs::Exactly(2),
             &Sources::Auto,
             limits,
@@ -809,12 +901,22 @@ mod tests {
         assert!(err.contains("RLIMIT_NOFILE=20000"), "{err}");
         assert!(err.contains("--procs 3"), "{err}");
         let two = Sources::List(vec!["127.0.0.1".parse().unwrap()]);
-        let err = plan(50_000, loopback(), Procs::Auto, &two, limits).unwrap_err();
+        let err = plan(50_000, loopback(), &[], Procs::Auto, &two, limits).unwrap_err();
         assert!(err.contains("need 2 source addresses"), "{err}");
         let remote: SocketAddr = "10.0.0.1:80".parse().unwrap();
-        let err = plan(50_000, remote, Procs::Auto, &Sources::Auto, limits).unwrap_err();
+        let err = plan(50_000, remote, &[], Procs::Auto, &Sources::Auto, limits).unwrap_err();
         assert!(err.contains("--sources"), "{err}");
-        assert!(plan(1, loopback(), Procs::Exactly(0), &Sources::Auto, limits).is_err());
+        assert!(
+            plan(
+                1,
+                loopback(),
+                &[],
+                Procs::Exactly(0),
+                &Sources::Auto,
+                limits
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -822,6 +924,7 @@ mod tests {
         let p = SpreadPlan {
             connections: 1_000_000,
             processes: 51,
+            dests: Vec::new(),
             sources: Vec::new(),
             limits: here(20_000, 1024, 65535),
         };

@@ -117,6 +117,80 @@ fn sources_are_used_equally_across_all_processes() {
     assert_eq!(per_source, expected);
 }
 
+/// A connection's (source address, destination address).
+type Pair = (IpAddr, IpAddr);
+
+/// An echo server listening on 127.0.0.1, 127.0.0.2 and 127.0.0.3 on one
+/// port (as a server on 0.0.0.0 would be reached), remembering each
+/// connection's (source, destination) pair.
+fn echo_server_on_three_addresses() -> (SocketAddr, Arc<Mutex<Vec<Pair>>>) {
+    // The port is free on 127.0.0.1; another program may hold it on .2 or
+    // .3, so try a few.
+    let listeners = (0..20)
+        .find_map(|_| {
+            let first = TcpListener::bind("127.0.0.1:0").ok()?;
+            let port = first.local_addr().ok()?.port();
+            let mut all = vec![first];
+            for ip in ["127.0.0.2", "127.0.0.3"] {
+                all.push(TcpListener::bind((ip, port)).ok()?);
+            }
+            Some(all)
+        })
+        .unwrap();
+    let addr = listeners[0].local_addr().unwrap();
+    let pairs = Arc::new(Mutex::new(Vec::new()));
+    for listener in listeners {
+        let seen = Arc::clone(&pairs);
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let pair = (
+                    stream.peer_addr().unwrap().ip(),
+                    stream.local_addr().unwrap().ip(),
+                );
+                seen.lock().unwrap().push(pair);
+                thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n @ 1..) = stream.read(&mut buf) {
+                        if stream.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+    }
+    (addr, pairs)
+}
+
+#[test]
+fn destinations_and_sources_pair_up_equally_across_all_processes() {
+    let (addr, pairs) = echo_server_on_three_addresses();
+    let mut hold = HoldConfig::new(addr);
+    hold.dests = loadgen::connect::parse_dests("127.0.0.1-127.0.0.3").unwrap();
+    hold.connections = 360;
+    hold.hold = Duration::from_millis(200);
+    hold.ping_every = Duration::from_millis(100);
+    hold.verify_all = true;
+    let mut config = SpreadConfig::new(hold, PathBuf::from(LOADGEN));
+    config.procs = Procs::Exactly(2);
+    config.sources = Sources::List(loadgen::connect::parse_sources("127.0.1.1-127.0.1.2").unwrap());
+    let report = spread::run_hold(&config).unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.connect.established, 360);
+    assert_eq!(report.connections_answered, 360);
+    assert_eq!(report.dests, ["127.0.0.1", "127.0.0.2", "127.0.0.3"]);
+
+    let mut per_pair: HashMap<Pair, usize> = HashMap::new();
+    for pair in pairs.lock().unwrap().iter() {
+        *per_pair.entry(*pair).or_default() += 1;
+    }
+    // Two sources times three destinations, two processes of 180 each on
+    // one global index: every pair gets exactly a sixth.
+    assert_eq!(per_pair.len(), 6, "{per_pair:?}");
+    assert!(per_pair.values().all(|&n| n == 60), "{per_pair:?}");
+}
+
 #[test]
 fn a_failing_child_fails_the_run_with_its_reason() {
     // A port nobody listens on: every child's connects are refused.

@@ -70,6 +70,8 @@ pub struct HostFacts {
     /// (`net.ipv4.tcp_ehash_entries`; negative there when shared with the
     /// host's, which is the default); `None` before Linux 6.1.
     pub ehash_buckets: Option<u64>,
+    /// Whose table that is.
+    pub ehash_owner: EhashOwner,
     /// `None`: the nf_conntrack module is not loaded.
     pub conntrack: Option<Conntrack>,
     /// `net.ipv4.tcp_mem`: min, pressure, max, in pages.
@@ -78,6 +80,18 @@ pub struct HostFacts {
     pub mem_available: u64,
     pub pid_max: u64,
     pub is_root: bool,
+}
+
+/// Whose established hash a process uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EhashOwner {
+    /// The host's, in the host's network namespace.
+    Host,
+    /// The host's, shared by the network namespace this process is in.
+    Shared,
+    /// A network namespace's own (`tcp_child_ehash_entries` was set when it
+    /// was created), as `cargo xtask million --netns` makes.
+    Namespace,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -323,26 +337,43 @@ pub fn checks(host: &HostFacts, conns: u64) -> Vec<Check> {
     if let Some(buckets) = host.ehash_buckets {
         let sockets = 2 * conns;
         let wanted = (sockets / EHASH_SOCKETS_PER_BUCKET).next_power_of_two();
+        let whose = match host.ehash_owner {
+            EhashOwner::Host => "",
+            EhashOwner::Shared => ", the host's (shared)",
+            EhashOwner::Namespace => ", this network namespace's own",
+        };
         let row = Check::new(
             "tcp_ehash_entries",
-            format!("{buckets} buckets"),
+            format!("{buckets} buckets{whose}"),
             format!("{wanted} for {sockets} sockets (<= {EHASH_SOCKETS_PER_BUCKET} a bucket)"),
             Status::Ok,
         );
+        let chains = sockets.div_ceil(buckets.max(1));
         rows.push(if buckets >= wanted {
             row
+        } else if host.ehash_owner == EhashOwner::Namespace {
+            Check {
+                status: Status::Warn,
+                ..row
+            }
+            .note(format!(
+                "chains of {chains} sockets a bucket, walked on every handshake segment: this \
+                 namespace was made with a smaller table than the run needs; `cargo xtask \
+                 million --netns` makes one sized for --conns"
+            ))
+            .remedy(Remedy::Manual("cargo xtask million --netns".to_string()))
         } else {
             Check {
                 status: Status::Warn,
                 ..row
             }
             .note(format!(
-                "chains of {} sockets a bucket, walked on every handshake segment; sized at \
-                 boot (thash_entries=) for the host, or per network namespace: set \
-                 net.ipv4.tcp_child_ehash_entries={wanted}, then run in a new one (`unshare -n`, \
-                 `ip link set lo up`), Linux 6.1+",
-                sockets.div_ceil(buckets.max(1))
+                "chains of {chains} sockets a bucket, walked on every handshake segment; the \
+                 host's table is sized at boot (thash_entries=), a network namespace can have \
+                 its own (net.ipv4.tcp_child_ehash_entries, Linux 6.1+): `cargo xtask million \
+                 --netns` runs in one with a bucket per socket"
             ))
+            .remedy(Remedy::Manual("cargo xtask million --netns".to_string()))
         });
     }
 
@@ -555,6 +586,9 @@ impl HostFacts {
             .map(|bytes| bytes / 1024)
             .ok_or("cannot read MemAvailable from /proc/meminfo")?;
         let tcp_mem = numbers(&sysctl_read("net.ipv4.tcp_mem")?);
+        let ehash = sysctl_read("net.ipv4.tcp_ehash_entries")
+            .ok()
+            .and_then(|text| text.trim().parse::<i64>().ok());
         let port_range = numbers(&sysctl_read("net.ipv4.ip_local_port_range")?);
         let conntrack = match sysctl_read("net.netfilter.nf_conntrack_max") {
             Ok(max) => Some(Conntrack {
@@ -577,10 +611,12 @@ impl HostFacts {
             },
             somaxconn: number(&sysctl_read("net.core.somaxconn")?)?,
             tcp_max_syn_backlog: number(&sysctl_read("net.ipv4.tcp_max_syn_backlog")?)?,
-            ehash_buckets: sysctl_read("net.ipv4.tcp_ehash_entries")
-                .ok()
-                .and_then(|text| text.trim().parse::<i64>().ok())
-                .map(i64::unsigned_abs),
+            ehash_buckets: ehash.map(i64::unsigned_abs),
+            ehash_owner: match ehash {
+                Some(entries) if entries < 0 => EhashOwner::Shared,
+                _ if in_a_namespace_of_its_own() => EhashOwner::Namespace,
+                _ => EhashOwner::Host,
+            },
             conntrack,
             tcp_mem: match tcp_mem[..] {
                 [a, b, c] => (a, b, c),
@@ -599,8 +635,22 @@ fn sysctl_path(key: &str) -> String {
     format!("/proc/sys/{}", key.replace('.', "/"))
 }
 
+/// A sysctl's value. Inside a network namespace `cargo xtask million
+/// --netns` made, the host-wide ones it cannot see (`net.ipv4.tcp_mem`)
+/// are as read on the host just before.
 fn sysctl_read(key: &str) -> Result<String, String> {
-    fs::read_to_string(sysctl_path(key)).map_err(|e| format!("cannot read {key}: {e}"))
+    fs::read_to_string(sysctl_path(key)).or_else(|e| {
+        crate::million::netns::host_value(key).ok_or_else(|| format!("cannot read {key}: {e}"))
+    })
+}
+
+/// Is this process in a network namespace other than the host's, and
+/// one with its own hash? Known for sure when xtask made it; otherwise
+/// compared with init's namespace where that can be read.
+fn in_a_namespace_of_its_own() -> bool {
+    let ns = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+    crate::million::netns::entered()
+        || matches!((ns("self"), ns("1")), (Some(mine), Some(init)) if mine != init)
 }
 
 fn numbers(text: &str) -> Vec<u64> {
@@ -650,6 +700,12 @@ fn apply(rows: &[Check]) -> Result<(), TaskError> {
             let Remedy::Sysctl { key, value } = remedy else {
                 continue;
             };
+            if !std::path::Path::new(&sysctl_path(key)).exists() {
+                println!(
+                    "{key}: host-wide, not visible in this network namespace: set it on the host"
+                );
+                continue;
+            }
             let before = sysctl_read(key).map_err(TaskError::Failed)?;
             let value = never_lower(key, &before, value);
             if numbers(&before) == numbers(&value) {
@@ -708,6 +764,40 @@ pub fn check_and_apply(conns: u64, apply_fixes: bool) -> Result<Vec<Check>, Task
     Ok(rows)
 }
 
+/// Inside a network namespace of its own: raises this namespace's own
+/// sysctls (those of [`crate::million::netns::PER_NAMESPACE`]) where the
+/// checks for `conns` find them short, never lowering one; the host's are
+/// not touched. Returns what it wrote, as `key: before -> after`.
+pub fn raise_in_namespace(conns: u64) -> Result<Vec<String>, TaskError> {
+    let facts = HostFacts::read().map_err(TaskError::Failed)?;
+    let mut written = Vec::new();
+    for row in checks(&facts, conns)
+        .iter()
+        .filter(|r| r.status != Status::Ok)
+    {
+        for remedy in &row.remedies {
+            let Remedy::Sysctl { key, value } = remedy else {
+                continue;
+            };
+            if !crate::million::netns::PER_NAMESPACE.contains(key) {
+                continue;
+            }
+            let before = sysctl_read(key).map_err(TaskError::Failed)?;
+            let value = never_lower(key, &before, value);
+            if numbers(&before) == numbers(&value) {
+                continue;
+            }
+            fs::write(sysctl_path(key), &value)
+                .map_err(|e| TaskError::Failed(format!("writing {key} = {value}: {e}")))?;
+            written.push(format!(
+                "{key}: {} -> {value}",
+                before.split_whitespace().collect::<Vec<_>>().join(" ")
+            ));
+        }
+    }
+    Ok(written)
+}
+
 /// The fix commands of every shortfall (FIX rows), one per line.
 pub fn fix_commands(rows: &[Check]) -> Vec<String> {
     rows.iter()
@@ -733,6 +823,7 @@ mod tests {
             somaxconn: 4096,
             tcp_max_syn_backlog: 2048,
             ehash_buckets: Some(262_144),
+            ehash_owner: EhashOwner::Host,
             conntrack: Some(Conntrack {
                 max: 262_144,
                 count: 0,
@@ -818,15 +909,57 @@ mod tests {
                 .as_deref()
                 .is_some_and(|n| n.contains("chains of 8"))
         );
-        assert!(
-            ehash
-                .note
-                .as_deref()
-                .is_some_and(|n| n.contains("unshare -n"))
+        assert_eq!(
+            ehash.remedies,
+            [Remedy::Manual("cargo xtask million --netns".to_string())]
         );
         assert_eq!(
             row(&checks(&this_vm(), 50_000), "tcp_ehash_entries").status,
             Status::Ok
+        );
+    }
+
+    #[test]
+    fn inside_a_namespace_the_row_reads_its_own_hash() {
+        // What `cargo xtask million --netns` makes for a million and the
+        // active thousand: 2^21 buckets, a socket per bucket at most.
+        let own = HostFacts {
+            ehash_buckets: Some(1 << 21),
+            ehash_owner: EhashOwner::Namespace,
+            ..this_vm()
+        };
+        let ehash = checks(&own, 1_000_000)
+            .into_iter()
+            .find(|r| r.name == "tcp_ehash_entries")
+            .unwrap();
+        assert_eq!(ehash.status, Status::Ok);
+        assert_eq!(
+            ehash.current,
+            "2097152 buckets, this network namespace's own"
+        );
+        // A namespace made with too small a table says so, with the fix.
+        let small = HostFacts {
+            ehash_buckets: Some(1 << 16),
+            ..own
+        };
+        let rows = checks(&small, 1_000_000);
+        let ehash = row(&rows, "tcp_ehash_entries");
+        assert_eq!(ehash.status, Status::Warn);
+        assert!(
+            ehash
+                .note
+                .as_deref()
+                .is_some_and(|n| n.contains("chains of 31") && n.contains("--netns")),
+            "{ehash:?}"
+        );
+        let shared = HostFacts {
+            ehash_owner: EhashOwner::Shared,
+            ..this_vm()
+        };
+        assert!(
+            row(&checks(&shared, 10), "tcp_ehash_entries")
+                .current
+                .ends_with("the host's (shared)")
         );
     }
 

@@ -229,6 +229,7 @@ pub(super) fn run_event_worker(
     let first = worker * (config.connections / workers) + worker.min(config.connections % workers);
     let target = Target {
         addr: config.addr,
+        dests: Vec::new(),
         sources: config.sources.clone(),
     };
     let plan = RampPlan {

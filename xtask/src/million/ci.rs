@@ -41,5 +41,7 @@ pub fn run_scaled_for_ci() -> TaskResult {
         render: false,
         check: false,
         flamegraph_from: 0.5,
+        netns: false,
+        dests: None,
     })
 }

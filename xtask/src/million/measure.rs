@@ -95,6 +95,10 @@ impl Run<'_> {
         if args.pin {
             builder = builder.cpu(SERVER_CORE);
         }
+        if args.dests.is_some() {
+            // Only with --netns: the namespace has nothing but loopback.
+            builder = builder.listen(SocketAddr::from(([0, 0, 0, 0], 0)));
+        }
         let server = ServerGuard(Some(builder.spawn().map_err(|e| {
             TaskError::Failed(format!("starting {}: {e}", self.binaries.server.display()))
         })?));
@@ -102,7 +106,7 @@ impl Run<'_> {
         self.guard
             .server_pid
             .store(process.pid() as i32, Ordering::Relaxed);
-        let addr = process.addr();
+        let addr = process.listening_addr();
         let metrics =
             server_said(process, "metrics on http://", Duration::from_secs(5)).and_then(|l| {
                 l.trim_start_matches("metrics on http://")
@@ -181,6 +185,9 @@ impl Run<'_> {
         }
         if let Some(m) = args.max_connecting {
             command.arg(format!("--max-connecting={m}"));
+        }
+        if let Some(dests) = args.dests {
+            command.arg(format!("--dests={}", super::destinations(dests)));
         }
         if args.pin {
             command.arg(format!("--cpu={LOADGEN_CORE}"));

@@ -20,6 +20,7 @@ mod experiments;
 mod flamegraph;
 mod host;
 mod measure;
+pub(crate) mod netns;
 mod others;
 mod procs;
 mod ramp;
@@ -132,6 +133,18 @@ pub struct MillionArgs {
     /// connections open (it stops when the last one arrives).
     #[arg(long, default_value_t = 0.5, value_name = "FRACTION", value_parser = parse_fraction)]
     flamegraph_from: f64,
+    /// Run in a network namespace of its own (Linux 6.1+, root), whose
+    /// established hash has a bucket per socket: set
+    /// net.ipv4.tcp_child_ehash_entries, unshare, set it back, bring lo up,
+    /// copy the host's per-namespace sysctls. It goes when the run ends.
+    #[arg(long)]
+    netns: bool,
+    /// With --netns: the server listens on 0.0.0.0 and loadgen spreads the
+    /// connections over N destination addresses, 127.0.0.1 to 127.0.0.N,
+    /// so each source address has a port range per destination and the
+    /// kernel's bind hash holds fewer (source address, port) entries.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=254))]
+    dests: Option<u8>,
 }
 
 fn parse_fraction(text: &str) -> Result<f64, String> {
@@ -245,6 +258,14 @@ pub fn run(args: &MillionArgs) -> TaskResult {
         ));
     }
     let shortest = shortest_hold(args.probes);
+    if args.dests.is_some() && !args.netns {
+        return Err(TaskError::Usage(
+            "--dests needs --netns: the server listens on 0.0.0.0 for it, which on the \
+             host would expose it to the network; inside its own namespace only loopback \
+             exists"
+                .to_string(),
+        ));
+    }
     let hold_seconds = args
         .hold
         .unwrap_or((MIN_HOLD_SECONDS + args.conns as u64 / 25_000).max(shortest));
@@ -256,6 +277,17 @@ pub fn run(args: &MillionArgs) -> TaskResult {
             args.probes
         )));
     }
+    let mut built = None;
+    let namespace = if args.netns {
+        netns::check_host()?;
+        // Built on the host: a first build may fetch crates, and the
+        // namespace has no network.
+        step("build");
+        built = Some(build(&args.server)?);
+        Some(enter_namespace(args)?)
+    } else {
+        None
+    };
     if !args.skip_doctor {
         step("doctor: can this host hold them?");
         let rows = doctor::check_and_apply((args.conns + args.active) as u64, args.apply)?;
@@ -270,9 +302,16 @@ pub fn run(args: &MillionArgs) -> TaskResult {
         }
     }
     flamegraph::RampProfiler::check_host(args.profile_from())?;
-    step("build");
-    let binaries = build(&args.server)?;
-    let report = measure::measure(args, hold_seconds, &binaries)?;
+    let binaries = match built {
+        Some(binaries) => binaries,
+        None => {
+            step("build");
+            build(&args.server)?
+        }
+    };
+    let mut report = measure::measure(args, hold_seconds, &binaries)?;
+    report.network_namespace = namespace;
+    report.dests = args.dests.map(destinations);
     print_report(&report);
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)
@@ -303,6 +342,38 @@ pub fn run(args: &MillionArgs) -> TaskResult {
             "targets missed: {}",
             failed.join("; ")
         )))
+    }
+}
+
+/// `--netns`: moves xtask into a network namespace of its own, before it
+/// starts any thread (every thread and process started afterwards is
+/// inside too), and raises the namespace's own sysctls where the doctor
+/// finds them short.
+fn enter_namespace(args: &MillionArgs) -> Result<netns::NetworkNamespace, TaskError> {
+    step("a network namespace of its own");
+    let conns = args.conns + args.active;
+    let mut ns = netns::enter(conns)?;
+    eprintln!(
+        "    established hash {} buckets (the host's: {}); lo up",
+        ns.ehash_entries, ns.host_ehash_entries
+    );
+    for sysctl in &ns.sysctls {
+        eprintln!("    {sysctl} (the host's)");
+    }
+    // The namespace is ours: its own sysctls are raised whatever --apply
+    // says (the host's stay as they are).
+    for raised in doctor::raise_in_namespace(conns as u64)? {
+        eprintln!("    {raised} (what the doctor asks)");
+        ns.sysctls.push(raised);
+    }
+    Ok(ns)
+}
+
+/// `--dests N` as loadgen's `--dests`: 127.0.0.1 to 127.0.0.N.
+fn destinations(n: u8) -> String {
+    match n {
+        1 => "127.0.0.1".to_string(),
+        n => format!("127.0.0.1-127.0.0.{n}"),
     }
 }
 
@@ -341,6 +412,15 @@ fn build(server: &str) -> Result<Binaries, TaskError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dests_name_the_first_n_loopback_addresses_as_loadgen_reads_them() {
+        let parsed = loadgen::connect::parse_dests(&destinations(8)).unwrap();
+        assert_eq!(parsed.len(), 8);
+        assert_eq!(parsed[7].to_string(), "127.0.0.8");
+        assert!(parsed.iter().all(|ip| ip.is_loopback()));
+        assert_eq!(destinations(1), "127.0.0.1");
+    }
 
     #[test]
     fn procs_take_a_positive_number_or_auto() {

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::flamegraph::RampFlamegraph;
 use super::host::{CoreTime, HostSnapshot};
+use super::netns::NetworkNamespace;
 use super::others::{OtherProcess, describe};
 use super::ramp_profile::{HandshakeCounters, RampPhase, RampSample};
 use super::{
@@ -90,6 +91,13 @@ pub(super) struct Report {
     pub(super) lowest_mem_available: u64,
     pub(super) targets: Vec<Target>,
     pub(super) total_seconds: f64,
+    /// `--netns`: the run was in a network namespace of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) network_namespace: Option<NetworkNamespace>,
+    /// `--dests`: the server listened on 0.0.0.0 and loadgen connected to
+    /// these addresses (loadgen's `--dests`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) dests: Option<String>,
 }
 
 /// The active probe: `loadgen echo -c ACTIVE --size 64`, closed loop.
@@ -436,9 +444,17 @@ fn report_text(r: &Report) -> String {
         let h = &r.ramp_handshakes;
         let _ = writeln!(
             out,
-            "  handshakes during the ramp (host-wide): accept queue full {} times, {} SYNs or \
+            "  handshakes during the ramp ({}): accept queue full {} times, {} SYNs or \
              ACKs dropped by listeners, {} SYNs sent again, {} SYN-queue-full cookies",
-            h.listen_overflows, h.listen_drops, h.syn_retransmits, h.syn_queue_full_cookies
+            if r.network_namespace.is_some() {
+                "the namespace's"
+            } else {
+                "host-wide"
+            },
+            h.listen_overflows,
+            h.listen_drops,
+            h.syn_retransmits,
+            h.syn_queue_full_cookies
         );
     }
     if let Some(f) = &r.flamegraph {
@@ -463,6 +479,18 @@ fn report_text(r: &Report) -> String {
             f.svg,
             top(&f.syscalls),
             top(&f.functions)
+        );
+    }
+    if let Some(ns) = &r.network_namespace {
+        let _ = writeln!(
+            out,
+            "  in a network namespace of its own: established hash {} buckets (the host's {}){}",
+            ns.ehash_entries,
+            ns.host_ehash_entries,
+            match &r.dests {
+                Some(dests) => format!("; the server on 0.0.0.0, connections to {dests}"),
+                None => String::new(),
+            }
         );
     }
     if let Some(plan) = &r.loadgen_plan {
