@@ -13,6 +13,7 @@ use std::fs;
 use clap::Args;
 use loadgen::spread::{FD_HEADROOM, HostLimits};
 
+use crate::first_touch::{self, FirstTouch};
 use crate::run::{TaskError, TaskResult};
 
 #[derive(Args)]
@@ -80,6 +81,9 @@ pub struct HostFacts {
     pub mem_available: u64,
     pub pid_max: u64,
     pub is_root: bool,
+    /// What a first write to fresh memory costs against a second
+    /// (measured by [`check_and_apply`] only; `None`: not measured).
+    pub first_touch: Option<FirstTouch>,
 }
 
 /// Whose established hash a process uses.
@@ -487,6 +491,35 @@ pub fn checks(host: &HostFacts, conns: u64) -> Vec<Check> {
         )))
     });
 
+    // Fresh memory: in a virtual machine that hands free memory back to
+    // its hypervisor, the first write to a page is a fault there too, and
+    // the ramp's socket slabs are gigabytes of fresh pages. Nothing inside
+    // the guest changes it; the row says what the ramp will pay.
+    if let Some(touch) = &host.first_touch {
+        let row = Check::new(
+            "memory first touch",
+            touch.describe(),
+            "about as fast as the second touch".to_string(),
+            Status::Ok,
+        );
+        rows.push(if touch.first_is_slow() {
+            Check {
+                status: Status::Warn,
+                ..row
+            }
+            .note(
+                "the first write to a page the kernel takes from its free memory costs a \
+                 fault in the hypervisor as well (a VM whose free memory is handed back, e.g. \
+                 virtio-balloon free page reporting); the kernel's socket slabs for the ramp \
+                 are such pages, and the ramp's profile shows the cost inside allocate_slab; \
+                 nothing inside this machine turns it off"
+                    .to_string(),
+            )
+        } else {
+            row
+        });
+    }
+
     // Processes: only a limit when the descriptor limit forces many.
     let processes = 2 * processes_per_side;
     let row = Check::new(
@@ -627,6 +660,7 @@ impl HostFacts {
             mem_available: mem_available_kb * 1024,
             pid_max: number(&sysctl_read("kernel.pid_max")?)?,
             is_root: euid.as_deref() == Some("0"),
+            first_touch: None,
         })
     }
 }
@@ -743,7 +777,8 @@ pub fn check_and_apply(conns: u64, apply_fixes: bool) -> Result<Vec<Check>, Task
     if conns == 0 {
         return Err(TaskError::Usage("--conns must be at least 1".to_string()));
     }
-    let facts = HostFacts::read().map_err(TaskError::Failed)?;
+    let mut facts = HostFacts::read().map_err(TaskError::Failed)?;
+    facts.first_touch = first_touch::measure(first_touch::MEASURED_BYTES).ok();
     let mut rows = checks(&facts, conns);
     print(&rows, conns);
     if apply_fixes {
@@ -756,7 +791,10 @@ pub fn check_and_apply(conns: u64, apply_fixes: bool) -> Result<Vec<Check>, Task
         }
         println!("\napplying:");
         apply(&rows)?;
-        let facts = HostFacts::read().map_err(TaskError::Failed)?;
+        let facts = HostFacts {
+            first_touch: facts.first_touch,
+            ..HostFacts::read().map_err(TaskError::Failed)?
+        };
         rows = checks(&facts, conns);
         println!();
         print(&rows, conns);
@@ -833,6 +871,7 @@ mod tests {
             mem_available: 23_831_324 * 1024,
             pid_max: 32_768,
             is_root: true,
+            first_touch: None,
         }
     }
 
@@ -1004,6 +1043,27 @@ mod tests {
             row(&checks(&absent, 1_000_000), "nf_conntrack").status,
             Status::Ok
         );
+    }
+
+    #[test]
+    fn a_slow_first_touch_is_a_warning_that_names_where_the_ramp_pays_it() {
+        let touched = |first, again| HostFacts {
+            first_touch: Some(FirstTouch {
+                first_gib_per_s: first,
+                again_gib_per_s: again,
+                free_page_reporting: Some(true),
+            }),
+            ..this_vm()
+        };
+        let rows = checks(&touched(0.9, 3.3), 1_000_000);
+        let touch = row(&rows, "memory first touch");
+        assert_eq!(touch.status, Status::Warn);
+        assert!(touch.note.as_deref().unwrap().contains("allocate_slab"));
+        assert!(touch.remedies.is_empty(), "nothing to fix from inside");
+        let rows = checks(&touched(3.0, 3.3), 1_000_000);
+        assert_eq!(row(&rows, "memory first touch").status, Status::Ok);
+        let unmeasured = checks(&this_vm(), 1_000_000);
+        assert!(!unmeasured.iter().any(|r| r.name == "memory first touch"));
     }
 
     #[test]

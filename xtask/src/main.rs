@@ -18,6 +18,7 @@ mod clock;
 mod demo;
 mod doctor;
 mod exercise;
+mod first_touch;
 mod million;
 mod neighbours;
 mod procfs;
