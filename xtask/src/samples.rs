@@ -1095,9 +1095,12 @@ fn ch07_run(ctx: &Ctx) -> Result<Vec<Recording>, String> {
             cpus.push(format!("{} {line}", comm.trim()));
         }
     }
+    // Threads start in a race, so their ids' order differs from run to
+    // run; sorted by name (as the shown command's `sort` does) it does not.
+    cpus.sort();
     drop(clients);
     let (stdout, _) = server.interrupt()?;
-    let cpus_shown = "for t in /proc/$PID/task/*; do echo \"$(cat $t/comm) $(grep Cpus_allowed_list $t/status)\"; done";
+    let cpus_shown = "for t in /proc/$PID/task/*; do echo \"$(cat $t/comm) $(grep Cpus_allowed_list $t/status)\"; done | sort";
     Ok(vec![
         Recording::new(&[shown], lines(&normalise(&stdout, &[(port, SHOWN_PORT)]))),
         Recording::new(&[cpus_shown.to_string()], cpus),
