@@ -13,7 +13,9 @@ use std::fs;
 use clap::Args;
 use loadgen::spread::{FD_HEADROOM, HostLimits};
 
+use crate::descriptor_watch::{self, DescriptorWatch};
 use crate::first_touch::{self, FirstTouch};
+use crate::results::format::thousands;
 use crate::run::{TaskError, TaskResult};
 
 #[derive(Args)]
@@ -55,6 +57,10 @@ const FULL_PORT_RANGE: (u64, u64) = (1024, 65535);
 /// Addresses of 127.0.0.0/8 usable as connection sources.
 const LOOPBACK_SOURCES: u64 = (1 << 24) - 2;
 
+/// Percent of one core a process outside the run may take, projected to the
+/// run's descriptors, before the doctor warns about it.
+const WATCHER_WARN_PERCENT: f64 = 10.0;
+
 /// What the checks look at, read from `/proc` (or made up by a test).
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostFacts {
@@ -84,6 +90,9 @@ pub struct HostFacts {
     /// What a first write to fresh memory costs against a second
     /// (measured by [`check_and_apply`] only; `None`: not measured).
     pub first_touch: Option<FirstTouch>,
+    /// Which other process grew busier while many descriptors were open
+    /// (measured by [`check_and_apply`] only; `None`: not measured).
+    pub descriptor_watch: Option<DescriptorWatch>,
 }
 
 /// Whose established hash a process uses.
@@ -520,6 +529,37 @@ pub fn checks(host: &HostFacts, conns: u64) -> Vec<Check> {
         });
     }
 
+    // Other processes that pay per descriptor: an agent that walks every
+    // process's descriptors every few seconds is cheap beside a desktop and
+    // busy beside two million sockets, on the same cores as the run.
+    if let Some(watch) = &host.descriptor_watch {
+        let descriptors = 2 * conns;
+        let projected = watch.projected_percent(descriptors);
+        let row = Check::new(
+            "descriptor watchers",
+            watch.describe(),
+            "no process busier with more descriptors open".to_string(),
+            Status::Ok,
+        );
+        rows.push(match &watch.watcher {
+            Some((name, _)) if projected >= WATCHER_WARN_PERCENT => Check {
+                status: Status::Warn,
+                ..row
+            }
+            .note(format!(
+                "{name} pays per descriptor held by other processes (an agent that walks \
+                 /proc/PID/fd, or the socket table); if that grows in proportion, {} \
+                 connections ({} descriptors on this host) cost it about {projected:.0}% of \
+                 a core beside the run, in the ramp and in every probe with them held; \
+                 nothing in the run changes it: read the report's `other processes` lines \
+                 with it in mind",
+                thousands(conns),
+                thousands(descriptors),
+            )),
+            _ => row,
+        });
+    }
+
     // Processes: only a limit when the descriptor limit forces many.
     let processes = 2 * processes_per_side;
     let row = Check::new(
@@ -661,6 +701,7 @@ impl HostFacts {
             pid_max: number(&sysctl_read("kernel.pid_max")?)?,
             is_root: euid.as_deref() == Some("0"),
             first_touch: None,
+            descriptor_watch: None,
         })
     }
 }
@@ -779,6 +820,8 @@ pub fn check_and_apply(conns: u64, apply_fixes: bool) -> Result<Vec<Check>, Task
     }
     let mut facts = HostFacts::read().map_err(TaskError::Failed)?;
     facts.first_touch = first_touch::measure(first_touch::MEASURED_BYTES).ok();
+    facts.descriptor_watch =
+        descriptor_watch::measure(descriptor_watch::DESCRIPTORS, descriptor_watch::WINDOW).ok();
     let mut rows = checks(&facts, conns);
     print(&rows, conns);
     if apply_fixes {
@@ -793,6 +836,7 @@ pub fn check_and_apply(conns: u64, apply_fixes: bool) -> Result<Vec<Check>, Task
         apply(&rows)?;
         let facts = HostFacts {
             first_touch: facts.first_touch,
+            descriptor_watch: facts.descriptor_watch.clone(),
             ..HostFacts::read().map_err(TaskError::Failed)?
         };
         rows = checks(&facts, conns);
@@ -872,6 +916,7 @@ mod tests {
             pid_max: 32_768,
             is_root: true,
             first_touch: None,
+            descriptor_watch: None,
         }
     }
 
@@ -1064,6 +1109,34 @@ mod tests {
         assert_eq!(row(&rows, "memory first touch").status, Status::Ok);
         let unmeasured = checks(&this_vm(), 1_000_000);
         assert!(!unmeasured.iter().any(|r| r.name == "memory first touch"));
+    }
+
+    #[test]
+    fn a_process_that_pays_per_descriptor_is_projected_to_the_run() {
+        let watched = |rise: Option<f64>| HostFacts {
+            descriptor_watch: Some(DescriptorWatch {
+                descriptors: 400_000,
+                watcher: rise.map(|r| ("agent (pid 1)".to_string(), r)),
+            }),
+            ..this_vm()
+        };
+        // +8% with 400,000 open: 2,000,000 at a million is about 40%.
+        let rows = checks(&watched(Some(8.0)), 1_000_000);
+        let watch = row(&rows, "descriptor watchers");
+        assert_eq!(watch.status, Status::Warn);
+        let note = watch.note.as_deref().unwrap();
+        assert!(
+            note.contains("agent (pid 1)") && note.contains("about 40%"),
+            "{note}"
+        );
+        assert!(watch.remedies.is_empty(), "not the run's to fix");
+        // The same agent is harmless beside a small run.
+        let rows = checks(&watched(Some(8.0)), 10_000);
+        assert_eq!(row(&rows, "descriptor watchers").status, Status::Ok);
+        let rows = checks(&watched(None), 1_000_000);
+        assert_eq!(row(&rows, "descriptor watchers").status, Status::Ok);
+        let unmeasured = checks(&this_vm(), 1_000_000);
+        assert!(!unmeasured.iter().any(|r| r.name == "descriptor watchers"));
     }
 
     #[test]

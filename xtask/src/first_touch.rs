@@ -61,7 +61,7 @@ pub fn measure(bytes: usize) -> io::Result<FirstTouch> {
 
 /// Maps `bytes` of anonymous memory, writes one byte to each page, and
 /// unmaps it; returns the seconds the writes took.
-fn touch_fresh_pages(bytes: usize) -> io::Result<f64> {
+pub fn touch_fresh_pages(bytes: usize) -> io::Result<f64> {
     const PAGE: usize = 4096;
     // SAFETY: an anonymous private mapping at an address the kernel picks;
     // no file, no existing memory is affected. The result is checked.

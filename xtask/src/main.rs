@@ -16,6 +16,7 @@ mod book;
 mod book_check;
 mod clock;
 mod demo;
+mod descriptor_watch;
 mod doctor;
 mod exercise;
 mod first_touch;
@@ -63,6 +64,9 @@ enum Command {
     Profile(profile::ProfileArgs),
     /// Record the program output the book shows (or --check its shape; --walkthrough: ch08's 200K run).
     Samples(samples::SamplesArgs),
+    /// Hold N eventfds open until stdin closes (the doctor's descriptor-watch child).
+    #[command(hide = true)]
+    HoldDescriptors(descriptor_watch::HoldArgs),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +82,8 @@ fn main() -> ExitCode {
         Command::Profile(args) => profile::run(&args),
         Command::Neighbours(args) => neighbours::run(&args),
         Command::Samples(args) => samples::run(&args),
+        Command::HoldDescriptors(args) => descriptor_watch::hold(&args)
+            .map_err(|e| run::TaskError::Failed(format!("holding descriptors: {e}"))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -43,5 +43,6 @@ pub fn run_scaled_for_ci() -> TaskResult {
         flamegraph_from: 0.5,
         netns: false,
         dests: None,
+        pre_touch: None,
     })
 }

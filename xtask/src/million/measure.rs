@@ -19,9 +19,10 @@ use super::procs::{Helper, ServerGuard};
 use super::ramp::{OpenCounter, RampProgress, server_said};
 use super::ramp_profile::{HandshakeCounters, RampSample, phases};
 use super::report::{
-    KernelPerConn, Probe, Report, host_returned, median_probe, probe_line, targets,
+    KernelPerConn, PreTouch, Probe, Report, host_returned, median_probe, probe_line, targets,
     time_wait_drained,
 };
+use super::stall::{self, TcpStates};
 use super::{
     Binaries, CLOSE_DEADLINE, LOADGEN_CORE, MillionArgs, PROBE_MESSAGE_BYTES, PROBE_SECONDS,
     PROBE_WARMUP_SECONDS, RAMP_STALL, SERVER_CORE, TIME_WAIT_DEADLINE, step,
@@ -55,6 +56,7 @@ pub(super) fn measure(
     };
     let (server, metrics) = run.start_server()?;
     let counter = run.probe_without_idle(server.get()?, metrics)?;
+    run.pre_touch()?;
     let (hold, held_at) = run.ramp(server.get()?, &counter)?;
     run.measure_held(server.get()?);
     let hold = run.probe_with_idle(server.get()?, hold, held_at)?;
@@ -156,6 +158,33 @@ impl Run<'_> {
         })
     }
 
+    /// `--pre-touch`: writes to fresh memory and gives it back, so the pages
+    /// the ramp's slabs take first are ones the host has just backed (freed
+    /// pages go to the front of the kernel's free lists).
+    fn pre_touch(&mut self) -> Result<(), TaskError> {
+        let Some(gib) = self.args.pre_touch else {
+            return Ok(());
+        };
+        step(&format!("write {gib} GiB of fresh memory and give it back"));
+        let bytes = u64::from(gib) << 30;
+        let available = HostSnapshot::take().mem_available;
+        if bytes + (2 << 30) > available {
+            return Err(TaskError::Usage(format!(
+                "--pre-touch {gib} needs {gib} GiB and 2 GiB to spare, but MemAvailable is {:.1} \
+                 GiB: give a smaller --pre-touch",
+                available as f64 / f64::from(1u32 << 30)
+            )));
+        }
+        let seconds = crate::first_touch::touch_fresh_pages(bytes as usize)
+            .map_err(|e| TaskError::Failed(format!("--pre-touch: mapping {gib} GiB: {e}")))?;
+        eprintln!(
+            "    {gib} GiB in {seconds:.1} s ({:.1} GiB/s)",
+            f64::from(gib) / seconds.max(0.001)
+        );
+        self.report.pre_touch = Some(PreTouch { gib, seconds });
+        Ok(())
+    }
+
     /// Starts `loadgen hold` and follows the server's open count until it
     /// holds every connection (or the ramp stalls). Returns the running
     /// hold and when the last connection arrived.
@@ -225,8 +254,13 @@ impl Run<'_> {
                 bar.finish();
                 let said = hold.stderr_lines();
                 let tail = said[said.len().saturating_sub(5)..].join("\n  ");
+                let kernel = stall::describe(
+                    &TcpStates::count(),
+                    &handshakes_at_start.until(&HandshakeCounters::read()),
+                );
                 return Err(TaskError::Failed(format!(
-                    "the ramp stopped at {open} of {n} open connections (loadgen {}):\n  {tail}",
+                    "the ramp stopped at {open} of {n} open connections (loadgen {}):\n  \
+                     {tail}\n  {kernel}",
                     if hold.has_exited() {
                         "exited"
                     } else {

@@ -21,12 +21,13 @@ mod flamegraph;
 mod host;
 mod measure;
 pub(crate) mod netns;
-mod others;
+pub(crate) mod others;
 mod procs;
 mod ramp;
 mod ramp_profile;
 mod recorded;
 mod report;
+mod stall;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -145,6 +146,12 @@ pub struct MillionArgs {
     /// kernel's bind hash holds fewer (source address, port) entries.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=254))]
     dests: Option<u8>,
+    /// Right before the ramp, write a byte to every page of GIB of fresh
+    /// memory and give it back, so the kernel's socket slabs are made from
+    /// pages the host has just backed: an experiment on what the first
+    /// touch of memory a VM handed back to its hypervisor costs the ramp.
+    #[arg(long, value_name = "GIB", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pre_touch: Option<u32>,
 }
 
 fn parse_fraction(text: &str) -> Result<f64, String> {

@@ -30,7 +30,7 @@ const NAMED: usize = 3;
 /// Every process's CPU time so far (user + system, in clock ticks), and its
 /// parent, read from `/proc/PID/stat`.
 #[derive(Debug, Default)]
-pub(super) struct ProcessTimes {
+pub(crate) struct ProcessTimes {
     by_pid: HashMap<u32, Stat>,
 }
 
@@ -43,7 +43,7 @@ struct Stat {
 }
 
 impl ProcessTimes {
-    pub(super) fn take() -> ProcessTimes {
+    pub(crate) fn take() -> ProcessTimes {
         let mut by_pid = HashMap::new();
         let Ok(entries) = fs::read_dir("/proc") else {
             return ProcessTimes::default();
@@ -131,31 +131,45 @@ pub(super) fn others_between(
     after: &ProcessTimes,
     seconds: f64,
 ) -> Vec<OtherProcess> {
+    let mut others: Vec<OtherProcess> = percent_by_process(before, after, seconds)
+        .into_values()
+        .filter(|(_, percent)| *percent >= NOTABLE_PERCENT)
+        .map(|(name, percent_of_core)| OtherProcess {
+            name,
+            percent_of_core,
+        })
+        .collect();
+    others.sort_by(|a, b| b.percent_of_core.total_cmp(&a.percent_of_core));
+    others.truncate(NAMED);
+    others
+}
+
+/// Every process outside the run that lived through both readings, by pid:
+/// its name (`comm (pid N)`, kernel threads in brackets as `ps` shows them)
+/// and the CPU it took between them, in percent of one core.
+pub(crate) fn percent_by_process(
+    before: &ProcessTimes,
+    after: &ProcessTimes,
+    seconds: f64,
+) -> HashMap<u32, (String, f64)> {
     let xtask = std::process::id();
     let ticks_per_second = clock_ticks_per_second();
-    let mut others: Vec<OtherProcess> = after
+    after
         .by_pid
         .iter()
         .filter(|(pid, stat)| after.outside_the_run(**pid, stat, xtask))
         .filter_map(|(pid, stat)| {
             let earlier = before.by_pid.get(pid)?;
             let used = stat.ticks.checked_sub(earlier.ticks)?;
-            let percent_of_core = 100.0 * used as f64 / ticks_per_second / seconds.max(0.001);
+            let percent = 100.0 * used as f64 / ticks_per_second / seconds.max(0.001);
             let name = if stat.kernel_thread {
                 format!("[{}]", stat.comm)
             } else {
                 format!("{} (pid {pid})", stat.comm)
             };
-            Some(OtherProcess {
-                name,
-                percent_of_core,
-            })
+            Some((*pid, (name, percent)))
         })
-        .filter(|o| o.percent_of_core >= NOTABLE_PERCENT)
-        .collect();
-    others.sort_by(|a, b| b.percent_of_core.total_cmp(&a.percent_of_core));
-    others.truncate(NAMED);
-    others
+        .collect()
 }
 
 /// `sysconf(_SC_CLK_TCK)`: the unit of `/proc/PID/stat`'s times.

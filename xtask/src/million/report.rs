@@ -98,6 +98,17 @@ pub(super) struct Report {
     /// these addresses (loadgen's `--dests`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) dests: Option<String>,
+    /// `--pre-touch`: fresh memory written and given back right before the
+    /// ramp, in GiB, and how long the writes took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) pre_touch: Option<PreTouch>,
+}
+
+/// What `--pre-touch` wrote before the ramp.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub(super) struct PreTouch {
+    pub(super) gib: u32,
+    pub(super) seconds: f64,
 }
 
 /// The active probe: `loadgen echo -c ACTIVE --size 64`, closed loop.
@@ -491,6 +502,16 @@ fn report_text(r: &Report) -> String {
                 Some(dests) => format!("; the server on 0.0.0.0, connections to {dests}"),
                 None => String::new(),
             }
+        );
+    }
+    if let Some(touch) = &r.pre_touch {
+        let _ = writeln!(
+            out,
+            "  before the ramp, {} GiB of fresh memory written and given back in {:.1} s \
+             ({:.1} GiB/s)",
+            touch.gib,
+            touch.seconds,
+            f64::from(touch.gib) / touch.seconds.max(0.001)
         );
     }
     if let Some(plan) = &r.loadgen_plan {
