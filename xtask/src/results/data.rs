@@ -45,8 +45,16 @@ pub struct Settings {
     pub message_size: usize,
     pub warmup_seconds: f64,
     pub measure_seconds: f64,
-    /// Echo passes over all servers; each point is the best of them.
+    /// Echo passes over all servers; each point is the best of them,
+    /// except at one connection when `one_connection_passes` is set.
     pub passes: usize,
+    /// Passes of the one-connection point (the first `passes` of them are
+    /// part of the full passes, the rest run that point alone), which keeps
+    /// its *median* pass, not its best: see `measure::median_of`. 0 in files
+    /// from before it, where the one-connection point kept its best of
+    /// `passes` like every other point.
+    #[serde(default)]
+    pub one_connection_passes: usize,
     pub connection_counts: Vec<usize>,
     pub work_us: u32,
     pub work_connections: usize,
@@ -103,6 +111,11 @@ pub struct EchoPoint {
     pub loadgen_cpu_percent: Option<f64>,
     /// Why this point has no (trustworthy) numbers.
     pub error: Option<String>,
+    /// Messages/s of every pass that measured this point without error, in
+    /// the order they ran; the figures above are one of these passes. The
+    /// page shows their spread. Empty in files from before it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pass_rates: Vec<u64>,
 }
 
 fn one() -> usize {
@@ -117,6 +130,18 @@ impl EchoPoint {
         } else {
             self.messages_per_sec
         }
+    }
+
+    /// Slowest pass's messages/s over the fastest's, if at least two
+    /// passes measured the point: 1.00 means the passes agreed, 0.80 that
+    /// the slowest moved a fifth fewer messages than the fastest.
+    pub fn pass_spread(&self) -> Option<f64> {
+        if self.pass_rates.len() < 2 {
+            return None;
+        }
+        let slowest = *self.pass_rates.iter().min()?;
+        let fastest = *self.pass_rates.iter().max()?;
+        (fastest > 0).then(|| slowest as f64 / fastest as f64)
     }
 
     /// p99 RTT in µs, if the point succeeded.

@@ -216,13 +216,7 @@ fn results_page(data: &ResultsData, servers: &[Server]) -> String {
         size = s.message_size,
         warm = secs(s.warmup_seconds),
         measure = secs(s.measure_seconds),
-        passes = match s.passes {
-            1 => "one pass".to_string(),
-            n => format!(
-                "{n} passes over all servers in turn, each point keeping its best pass \
-                 (noise from elsewhere only ever slows a run down)"
-            ),
-        },
+        passes = passes_sentence(s),
     );
 
     // Headline.
@@ -302,6 +296,7 @@ fn results_page(data: &ResultsData, servers: &[Server]) -> String {
     }
     page.push('\n');
     legend_notes(&mut page, data);
+    spread_section(&mut page, data);
     floor_section(&mut page, data);
 
     // Latency.
@@ -505,6 +500,93 @@ fn results_page(data: &ResultsData, servers: &[Server]) -> String {
          from the same file."
     );
     page
+}
+
+/// How many passes ran and which one each point keeps, for the page's
+/// opening paragraph.
+fn passes_sentence(s: &super::data::Settings) -> String {
+    let each = match s.passes {
+        1 => "one pass".to_string(),
+        n => format!(
+            "{n} passes over all servers in turn, each point keeping its best pass (with many \
+             connections the server's core is busy throughout, and noise from elsewhere only \
+             ever slows it down)"
+        ),
+    };
+    if s.one_connection_passes <= 1 {
+        return each;
+    }
+    format!(
+        "{each}; the one-connection point ran {} times in all and keeps its median pass \
+         (there a pass is mostly two wake-ups per message, and noise moves it either way)",
+        s.one_connection_passes
+    )
+}
+
+/// Which pass each figure of a chapter's table is, in a few words.
+fn kept_passes(s: &super::data::Settings) -> String {
+    match (s.passes, s.one_connection_passes) {
+        (1, 0 | 1) => "one pass".to_string(),
+        (n, 0 | 1) => format!("each figure the best of {n} passes"),
+        (1, m) => format!("one pass, and the median of {m} at one connection"),
+        (n, m) => {
+            format!("each figure the best of {n} passes, and the median of {m} at one connection")
+        }
+    }
+}
+
+/// The table of how far each point's passes spread, if the data has passes
+/// to compare.
+fn spread_section(page: &mut String, data: &ResultsData) {
+    let s = &data.settings;
+    let counts = &s.connection_counts;
+    let any = data
+        .servers
+        .iter()
+        .any(|server| server.points().any(|p| p.pass_spread().is_some()));
+    if !any {
+        return;
+    }
+    let _ = writeln!(page, "### How steady the passes were\n");
+    let _ = writeln!(
+        page,
+        "Each cell is the slowest pass's messages/s divided by the fastest pass's at that \
+         point: 1.00× means every pass agreed; 0.80× means one pass moved a fifth fewer \
+         messages than another. A ratio between two servers that differs from 1.00× by less \
+         than their passes differed among themselves is noise, not a result.\n"
+    );
+    let passes_of = |c: usize| {
+        if c == 1 && s.one_connection_passes > 0 {
+            s.one_connection_passes
+        } else {
+            s.passes
+        }
+    };
+    let mut header = vec!["server".to_string()];
+    header.extend(counts.iter().map(|&c| match passes_of(c) {
+        1 => format!("{}, 1 pass", conns(c)),
+        n => format!("{}, {n} passes", conns(c)),
+    }));
+    if let Some(label) = pipelined_label(s) {
+        header.push(format!("{label}, {} passes", s.passes));
+    }
+    table_header(page, &header);
+    let spread = |point: Option<&EchoPoint>| {
+        cell(point, |p| {
+            p.pass_spread().map(|r| ratio(Some(r), Some(1.0)))
+        })
+        .trim_end_matches(" †")
+        .to_string()
+    };
+    for server in &data.servers {
+        let mut row = vec![code(&server.name)];
+        row.extend(counts.iter().map(|&c| spread(server.at(c))));
+        if pipelined_label(s).is_some() {
+            row.push(spread(server.pipelined.as_ref()));
+        }
+        table_row(page, &row);
+    }
+    page.push('\n');
 }
 
 /// `100 conns × 16 in flight`, if the data has a pipelined point.
@@ -716,6 +798,14 @@ fn snippet(data: &ResultsData, server: &ServerResults) -> String {
         );
         table_row(&mut out, &ratios);
     }
+    if server.echo.iter().any(|p| p.pass_spread().is_some()) {
+        let mut spread = vec!["slowest ÷ fastest pass".to_string()];
+        spread.extend(s.connection_counts.iter().map(|&c| {
+            let point = server.at(c).filter(|p| p.error.is_none());
+            ratio(point.and_then(EchoPoint::pass_spread), Some(1.0))
+        }));
+        table_row(&mut out, &spread);
+    }
     let mut p99s = vec!["p99 RTT".to_string()];
     p99s.extend(
         s.connection_counts
@@ -836,9 +926,10 @@ fn snippet(data: &ResultsData, server: &ServerResults) -> String {
     }
     let _ = writeln!(
         out,
-        "<small>Measured by `cargo xtask results` on {}. All servers, plots and method: \
+        "<small>Measured by `cargo xtask results` on {}; {}. All servers, plots and method: \
          [Results](results.md).</small>",
-        stamp(data)
+        stamp(data),
+        kept_passes(s)
     );
     out
 }
@@ -988,5 +1079,111 @@ mod tests {
         assert_eq!(ratio(Some(1.0), Some(0.0)), "–");
         assert_eq!(ratio(Some(1.0), Some(150.0)), "0.0067×");
         assert_eq!(ratio(Some(9.0), Some(100.0)), "0.090×");
+    }
+
+    fn settings(passes: usize, one_connection_passes: usize) -> super::super::data::Settings {
+        super::super::data::Settings {
+            quick: false,
+            message_size: 64,
+            warmup_seconds: 1.0,
+            measure_seconds: 3.0,
+            passes,
+            one_connection_passes,
+            connection_counts: vec![1, 100],
+            work_us: 50,
+            work_connections: 100,
+            idle_connections: 10_000,
+            reference: "tokio-echo".to_string(),
+            floor: None,
+            pipeline_depth: 0,
+            pipeline_connections: 0,
+        }
+    }
+
+    #[test]
+    fn the_page_says_which_pass_each_point_keeps() {
+        // Files from before the median kept the best of every point.
+        let old = passes_sentence(&settings(2, 0));
+        assert!(
+            old.contains("best pass") && !old.contains("median"),
+            "{old}"
+        );
+        let new = passes_sentence(&settings(2, 7));
+        assert!(new.contains("7 times") && new.contains("median"), "{new}");
+        assert_eq!(
+            kept_passes(&settings(2, 0)),
+            "each figure the best of 2 passes"
+        );
+        assert_eq!(kept_passes(&settings(1, 0)), "one pass");
+        assert_eq!(
+            kept_passes(&settings(2, 7)),
+            "each figure the best of 2 passes, and the median of 7 at one connection"
+        );
+    }
+
+    fn data_with(one: EchoPoint, hundred: EchoPoint) -> ResultsData {
+        ResultsData {
+            machine: super::super::data::Machine {
+                cpu: "cpu".to_string(),
+                cores: 2,
+                kernel: "k".to_string(),
+                date: "2026-12-05".to_string(),
+                pinning: "pinned".to_string(),
+                pinned: true,
+            },
+            settings: settings(2, 7),
+            servers: vec![ServerResults {
+                name: "ch03-epoll-edge-triggered".to_string(),
+                kind: "chapter".to_string(),
+                args: Vec::new(),
+                echo: vec![one, hundred],
+                pipelined: None,
+                work: None,
+                memory: Default::default(),
+            }],
+            scenarios: None,
+            benches: None,
+        }
+    }
+
+    fn point(connections: usize, rates: &[u64]) -> EchoPoint {
+        EchoPoint {
+            connections,
+            messages_per_sec: rates.first().copied(),
+            pass_rates: rates.to_vec(),
+            ..EchoPoint::default()
+        }
+    }
+
+    #[test]
+    fn spread_table_shows_slowest_over_fastest_pass_per_column() {
+        let data = data_with(
+            point(1, &[9_000, 10_000, 8_000]),
+            point(100, &[50_000, 49_000]),
+        );
+        let mut page = String::new();
+        spread_section(&mut page, &data);
+        assert!(
+            page.contains("| server | 1 conn, 7 passes | 100 conns, 2 passes |"),
+            "{page}"
+        );
+        assert!(
+            page.contains("| `ch03-epoll-edge-triggered` | 0.80× | 0.98× |"),
+            "{page}"
+        );
+        let snippet = snippet(&data, &data.servers[0]);
+        assert!(
+            snippet.contains("| slowest ÷ fastest pass | 0.80× | 0.98× |"),
+            "{snippet}"
+        );
+    }
+
+    #[test]
+    fn data_without_pass_rates_has_no_spread_table() {
+        let data = data_with(point(1, &[]), point(100, &[50_000]));
+        let mut page = String::new();
+        spread_section(&mut page, &data);
+        assert_eq!(page, "");
+        assert!(!snippet(&data, &data.servers[0]).contains("slowest"));
     }
 }

@@ -774,6 +774,7 @@ impl Bench {
                 warmup_seconds: 0.0,
                 measure_seconds: 0.0,
                 passes: 1,
+                one_connection_passes: 0,
                 connection_counts: Vec::new(),
                 work_us: 0,
                 work_connections: 0,
