@@ -8,6 +8,8 @@ use std::io;
 use std::time::Duration;
 
 use crate::error::LoadError;
+#[cfg(target_os = "linux")]
+use crate::procstat::{Stat, ticks_to_duration};
 
 /// Descriptors a run needs besides its sockets: stdio, the poller, a few
 /// files (/proc, the binary's own libraries) and some headroom.
@@ -112,21 +114,14 @@ pub fn own_cpu_time() -> Duration {
 #[cfg(target_os = "linux")]
 pub fn process_cpu_time(pid: u32) -> Result<Duration, LoadError> {
     let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path)
+    let line = std::fs::read_to_string(&path)
         .map_err(|e| LoadError::Config(format!("--server-pid {pid}: cannot read {path}: {e}")))?;
-    // The command name (field 2) is in parentheses and may contain spaces,
-    // so count fields from the last ')'. utime and stime are fields 14, 15.
-    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let mut fields = after_name.split_whitespace().skip(11);
-    let mut tick_field = || fields.next().and_then(|f| f.parse::<u64>().ok());
-    let (Some(utime), Some(stime)) = (tick_field(), tick_field()) else {
+    let Some(stat) = Stat::parse(&line) else {
         return Err(LoadError::Config(format!("cannot parse {path}")));
     };
     // SAFETY: sysconf has no memory-safety preconditions.
     let ticks_per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let ticks = utime + stime;
-    Ok(Duration::from_secs(ticks / ticks_per_sec)
-        + Duration::from_nanos((ticks % ticks_per_sec) * 1_000_000_000 / ticks_per_sec))
+    Ok(ticks_to_duration(stat.cpu_ticks(), ticks_per_sec))
 }
 
 /// Reading another process's CPU time needs /proc, which only Linux has.

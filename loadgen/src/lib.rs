@@ -14,6 +14,7 @@ pub mod echo;
 pub mod error;
 pub mod hold;
 pub mod payload;
+pub mod procstat;
 mod progress;
 pub mod report;
 pub mod server;

@@ -596,6 +596,8 @@ mod proc {
     use std::io;
     use std::time::Duration;
 
+    use crate::procstat::{Stat, ticks_to_duration};
+
     fn read(pid: u32, file: &str) -> io::Result<String> {
         let path = format!("/proc/{pid}/{file}");
         fs::read_to_string(&path)
@@ -627,12 +629,8 @@ mod proc {
                     continue;
                 };
                 // A process may exit while we look: skip what cannot be read.
-                if let Some(parent) = read(child, "stat")
-                    .ok()
-                    .as_deref()
-                    .and_then(parent_pid_of_stat)
-                {
-                    parent_of.push((child, parent));
+                if let Some(stat) = read(child, "stat").ok().as_deref().and_then(Stat::parse) {
+                    parent_of.push((child, stat.ppid));
                 }
             }
         }
@@ -649,13 +647,6 @@ mod proc {
             next += 1;
         }
         tree
-    }
-
-    /// Field 4 of `/proc/PID/stat`, counted after the `)` that ends the
-    /// command name (which may itself contain spaces or parentheses).
-    pub fn parent_pid_of_stat(stat: &str) -> Option<u32> {
-        let after_name = &stat[stat.rfind(')')? + 1..];
-        after_name.split_whitespace().nth(4 - 3)?.parse().ok()
     }
 
     /// `measure` summed over `pid` and its descendants. An error for `pid`
@@ -691,26 +682,9 @@ mod proc {
     }
 
     pub fn cpu_time(pid: u32) -> io::Result<Duration> {
-        // The command name (field 2) is in parentheses and may contain spaces
-        // or ')', so count fields from the last ')'. After it come field 3
-        // (state) onwards; utime and stime are fields 14 and 15.
-        let stat = read(pid, "stat")?;
-        let after_name = stat
-            .rfind(')')
-            .map(|end| &stat[end + 1..])
-            .ok_or_else(|| malformed(pid, "stat"))?;
-        let mut fields = after_name.split_whitespace().skip(14 - 3);
-        let mut next_ticks = || -> io::Result<u64> {
-            fields
-                .next()
-                .and_then(|field| field.parse().ok())
-                .ok_or_else(|| malformed(pid, "stat"))
-        };
-        let ticks = next_ticks()? + next_ticks()?;
+        let stat = Stat::parse(&read(pid, "stat")?).ok_or_else(|| malformed(pid, "stat"))?;
         let ticks_per_second = sysconf(libc::_SC_CLK_TCK)?;
-        Ok(Duration::from_nanos(
-            ticks * 1_000_000_000 / ticks_per_second,
-        ))
+        Ok(ticks_to_duration(stat.cpu_ticks(), ticks_per_second))
     }
 
     pub fn threads(pid: u32) -> io::Result<usize> {
@@ -836,12 +810,5 @@ mod tests {
             unsafe { libc::kill(member as libc::pid_t, libc::SIGKILL) };
         }
         parent.wait().unwrap();
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn parent_pid_is_read_after_the_command_name() {
-        let stat = "42 (a) b (c)) S 7 42 42 0 -1";
-        assert_eq!(proc::parent_pid_of_stat(stat), Some(7));
     }
 }

@@ -96,12 +96,16 @@ fn sources_are_used_equally_across_all_processes() {
     hold.connections = 300;
     hold.hold = Duration::from_millis(200);
     hold.ping_every = Duration::from_millis(100);
+    // Every connection answered is one the server accepted, and so recorded,
+    // before the run ends: without it the count raced the accept thread.
+    hold.verify_all = true;
     let mut config = SpreadConfig::new(hold, PathBuf::from(LOADGEN));
     config.procs = Procs::Exactly(2);
     config.sources = Sources::List(loadgen::connect::parse_sources("127.0.0.1-127.0.0.3").unwrap());
     let report = spread::run_hold(&config).unwrap();
     assert!(report.ok, "{report:?}");
     assert_eq!(report.connect.established, 300);
+    assert_eq!(report.connections_answered, 300);
     assert_eq!(report.sources, ["127.0.0.1", "127.0.0.2", "127.0.0.3"]);
 
     let mut per_source: HashMap<IpAddr, usize> = HashMap::new();

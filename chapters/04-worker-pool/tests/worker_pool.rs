@@ -5,11 +5,13 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
+use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use loadgen::procstat::Stat;
 use loadgen::server::ServerProcess;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ch04-worker-pool");
@@ -156,18 +158,14 @@ fn a_result_for_a_reset_client_never_reaches_the_next_one() {
         "always",
     ]);
     let addr = server.addr();
-    let idle_cpu = server.cpu_time().unwrap();
+    // The worker going from waiting to running is the sign that A's line
+    // was read and handed over. (Its state, not its CPU time: on a busy
+    // machine a worker spinning for a second may get only a sliver of a
+    // core, and the state says "running" however small the sliver.)
+    wait_for_worker(&server, 'S', "the worker never waited for a job");
     let mut a = connect(addr);
     a.write_all(b"for A only\n").unwrap();
-    // The worker spinning is the sign that A's line was read and handed over.
-    let deadline = Instant::now() + FAILSAFE;
-    while server.cpu_time().unwrap() < idle_cpu + Duration::from_millis(50) {
-        assert!(
-            Instant::now() < deadline,
-            "the server never started A's job"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_worker(&server, 'R', "the server never started A's job");
     reset(a);
     // No newline: no work, so B's echo only waits for A's job to finish.
     let mut b = connect(addr);
@@ -262,6 +260,27 @@ fn order_is_kept_when_some_reads_run_inline_and_some_on_the_pool() {
     let counts = summary(server);
     assert!(counts["inline"] >= 1, "{counts:?}");
     assert!(counts["jobs"] >= 1, "{counts:?}");
+}
+
+/// Waits until the server's one worker thread (`worker-0`) is in `state`
+/// as `/proc/PID/task/TID/stat` shows it: `S` while it waits for a job,
+/// `R` (running or runnable) while it spins through `--work-us`.
+fn wait_for_worker(server: &ServerProcess, state: char, failure: &str) {
+    let deadline = Instant::now() + FAILSAFE;
+    while worker_state(server) != Some(state) {
+        assert!(Instant::now() < deadline, "{failure}");
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn worker_state(server: &ServerProcess) -> Option<char> {
+    let tasks = fs::read_dir(format!("/proc/{}/task", server.pid())).ok()?;
+    tasks
+        .flatten()
+        .filter_map(|task| fs::read_to_string(task.path().join("stat")).ok())
+        .filter_map(|line| Stat::parse(&line))
+        .find(|stat| stat.comm == "worker-0")
+        .map(|stat| stat.state)
 }
 
 /// Closes with SO_LINGER 0, so the kernel sends RST instead of FIN: the

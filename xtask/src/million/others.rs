@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::fs;
 
+use loadgen::procstat::Stat;
 use serde::{Deserialize, Serialize};
 
 /// One process outside the run and the CPU it took over a window.
@@ -34,14 +35,6 @@ pub(crate) struct ProcessTimes {
     by_pid: HashMap<u32, Stat>,
 }
 
-#[derive(Debug, Clone)]
-struct Stat {
-    comm: String,
-    parent: u32,
-    ticks: u64,
-    kernel_thread: bool,
-}
-
 impl ProcessTimes {
     pub(crate) fn take() -> ProcessTimes {
         let mut by_pid = HashMap::new();
@@ -59,7 +52,7 @@ impl ProcessTimes {
             // A process may exit between the listing and the read.
             if let Some(stat) = fs::read_to_string(format!("/proc/{pid}/stat"))
                 .ok()
-                .and_then(|text| parse_stat(&text))
+                .and_then(|text| Stat::parse(&text))
             {
                 by_pid.insert(pid, stat);
             }
@@ -74,7 +67,7 @@ impl ProcessTimes {
         self.by_pid
             .iter()
             .filter(|(pid, stat)| self.outside_the_run(**pid, stat, xtask))
-            .map(|(_, stat)| stat.ticks)
+            .map(|(_, stat)| stat.cpu_ticks())
             .sum()
     }
 
@@ -94,34 +87,12 @@ impl ProcessTimes {
                 return true;
             }
             match self.by_pid.get(&at) {
-                Some(stat) if stat.parent != 0 && stat.parent != at => at = stat.parent,
+                Some(stat) if stat.ppid != 0 && stat.ppid != at => at = stat.ppid,
                 _ => return false,
             }
         }
         false
     }
-}
-
-/// Parses the fields of `/proc/PID/stat` this module needs. The command
-/// name is in parentheses and may itself hold spaces and parentheses, so
-/// the fields after it are counted from the *last* `)`.
-fn parse_stat(text: &str) -> Option<Stat> {
-    let open = text.find('(')?;
-    let close = text.rfind(')')?;
-    let comm = text.get(open + 1..close)?.to_string();
-    let rest: Vec<&str> = text.get(close + 2..)?.split_whitespace().collect();
-    // After the name: state(0) ppid(1) … flags(6) … utime(11) stime(12).
-    let parent = rest.get(1)?.parse().ok()?;
-    let flags: u64 = rest.get(6)?.parse().ok()?;
-    let utime: u64 = rest.get(11)?.parse().ok()?;
-    let stime: u64 = rest.get(12)?.parse().ok()?;
-    const PF_KTHREAD: u64 = 0x0020_0000;
-    Some(Stat {
-        comm,
-        parent,
-        ticks: utime + stime,
-        kernel_thread: flags & PF_KTHREAD != 0,
-    })
 }
 
 /// The busiest processes outside the run between two readings `seconds`
@@ -160,9 +131,9 @@ pub(crate) fn percent_by_process(
         .filter(|(pid, stat)| after.outside_the_run(**pid, stat, xtask))
         .filter_map(|(pid, stat)| {
             let earlier = before.by_pid.get(pid)?;
-            let used = stat.ticks.checked_sub(earlier.ticks)?;
+            let used = stat.cpu_ticks().checked_sub(earlier.cpu_ticks())?;
             let percent = 100.0 * used as f64 / ticks_per_second / seconds.max(0.001);
-            let name = if stat.kernel_thread {
+            let name = if stat.is_kernel_thread() {
                 format!("[{}]", stat.comm)
             } else {
                 format!("{} (pid {pid})", stat.comm)
@@ -196,17 +167,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stat_lines_are_read_after_the_last_parenthesis() {
-        let line = "42 (a (b) c) S 7 42 42 0 -1 2097216 0 0 0 0 150 25 0 0 20 0 1 0 1 0 0";
-        let stat = parse_stat(line).unwrap();
-        assert_eq!(stat.comm, "a (b) c");
-        assert_eq!(stat.parent, 7);
-        assert_eq!(stat.ticks, 175);
-        assert!(stat.kernel_thread, "flags 2097216 include PF_KTHREAD");
-        assert!(parse_stat("42 (truncated").is_none());
-    }
-
-    #[test]
     fn this_process_and_its_children_are_inside_the_run() {
         let me = std::process::id();
         let times = ProcessTimes::take();
@@ -217,30 +177,36 @@ mod tests {
 
     #[test]
     fn the_busiest_outsiders_are_named_and_the_quiet_ones_left_out() {
-        let stat = |comm: &str, parent: u32, ticks: u64| Stat {
-            comm: comm.to_string(),
-            parent,
-            ticks,
-            kernel_thread: false,
+        let stat = |pid: u32, comm: &str, ppid: u32, ticks: u64| {
+            let stat = Stat {
+                pid,
+                comm: comm.to_string(),
+                state: 'S',
+                ppid,
+                flags: 0,
+                utime: ticks,
+                stime: 0,
+            };
+            (pid, stat)
         };
         let me = std::process::id();
         let hz = clock_ticks_per_second() as u64;
         let before = ProcessTimes {
             by_pid: HashMap::from([
-                (1, stat("agent", 0, 0)),
-                (me, stat("xtask", 1, 0)),
-                (900_001, stat("server", me, 0)),
-                (900_002, stat("idle-one", 1, 0)),
-                (900_003, stat("ksoftirqd/0", 2, 0)),
+                stat(1, "agent", 0, 0),
+                stat(me, "xtask", 1, 0),
+                stat(900_001, "server", me, 0),
+                stat(900_002, "idle-one", 1, 0),
+                stat(900_003, "ksoftirqd/0", 2, 0),
             ]),
         };
         let after = ProcessTimes {
             by_pid: HashMap::from([
-                (1, stat("agent", 0, hz)),
-                (me, stat("xtask", 1, hz)),
-                (900_001, stat("server", me, 2 * hz)),
-                (900_002, stat("idle-one", 1, 0)),
-                (900_003, stat("ksoftirqd/0", 2, hz)),
+                stat(1, "agent", 0, hz),
+                stat(me, "xtask", 1, hz),
+                stat(900_001, "server", me, 2 * hz),
+                stat(900_002, "idle-one", 1, 0),
+                stat(900_003, "ksoftirqd/0", 2, hz),
             ]),
         };
         let others = others_between(&before, &after, 2.0);
