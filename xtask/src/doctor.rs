@@ -520,8 +520,9 @@ pub fn checks(host: &HostFacts, conns: u64) -> Vec<Check> {
                 "the first write to a page the kernel takes from its free memory costs a \
                  fault in the hypervisor as well (a VM whose free memory is handed back, e.g. \
                  virtio-balloon free page reporting); the kernel's socket slabs for the ramp \
-                 are such pages, and the ramp's profile shows the cost inside allocate_slab; \
-                 nothing inside this machine turns it off"
+                 are such pages, and the ramp pays it inside allocate_slab; `cargo xtask \
+                 million --pre-touch GIB` writes to fresh memory right before the ramp, which \
+                 measures what it costs the ramp (it moves the cost, it does not remove it)"
                     .to_string(),
             )
         } else {
