@@ -162,17 +162,10 @@ impl Drop for Holders {
     }
 }
 
-/// The hard descriptor limit (which a child raises its soft one to), less a
-/// few for stdio and the runtime.
+/// The hard descriptor limit (which a child raises its soft one to), less
+/// what loadgen's `ensure_fd_limit` keeps spare for stdio and the runtime.
 fn descriptors_one_process_may_open() -> io::Result<usize> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we pass and nothing else.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let limit = loadgen::cpu::nofile_limit().map_err(|e| io::Error::other(e.to_string()))?;
     let hard = usize::try_from(limit.rlim_max).unwrap_or(usize::MAX);
     Ok(hard.saturating_sub(64).clamp(1, 1 << 20))
 }
@@ -184,23 +177,10 @@ pub struct HoldArgs {
     count: usize,
 }
 
-/// The child's side: raise the soft descriptor limit to the hard one, open
+/// The child's side: raise the soft descriptor limit as far as needed, open
 /// `count` eventfds, say `ready`, and hold them until stdin closes.
 pub fn hold(args: &HoldArgs) -> io::Result<()> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write only the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        limit.rlim_cur = limit.rlim_max;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
+    loadgen::cpu::ensure_fd_limit(args.count).map_err(|e| io::Error::other(e.to_string()))?;
     let mut open = Vec::with_capacity(args.count);
     for _ in 0..args.count {
         open.push(eventfd()?);
