@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use crate::error::LoadError;
 #[cfg(target_os = "linux")]
-use crate::procstat::{Stat, ticks_to_duration};
+use crate::procstat::{Stat, ticks_per_second, ticks_to_duration};
 
 /// Descriptors a run needs besides its sockets: stdio, the poller, a few
 /// files (/proc, the binary's own libraries) and some headroom.
-const SPARE_FDS: u64 = 64;
+pub const SPARE_FDS: u64 = 64;
 
 /// Makes sure `connections` sockets fit under `RLIMIT_NOFILE`, raising the
 /// soft limit towards the hard one when needed. Fails early, with the limit
@@ -119,9 +119,7 @@ pub fn process_cpu_time(pid: u32) -> Result<Duration, LoadError> {
     let Some(stat) = Stat::parse(&line) else {
         return Err(LoadError::Config(format!("cannot parse {path}")));
     };
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let ticks_per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Ok(ticks_to_duration(stat.cpu_ticks(), ticks_per_sec))
+    Ok(ticks_to_duration(stat.cpu_ticks(), ticks_per_second()))
 }
 
 /// Reading another process's CPU time needs /proc, which only Linux has.

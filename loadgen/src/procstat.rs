@@ -74,6 +74,14 @@ impl Stat {
     }
 }
 
+/// The unit of `/proc/PID/stat`'s times: `sysconf(_SC_CLK_TCK)`, or 100
+/// (what nearly every Linux uses) should it ever fail.
+pub fn ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions; it returns -1 for unknown names.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(ticks).ok().filter(|&t| t > 0).unwrap_or(100)
+}
+
 /// `ticks` clock ticks as a [`Duration`], at `ticks_per_second`
 /// (`sysconf(_SC_CLK_TCK)`, 100 on nearly every Linux).
 pub fn ticks_to_duration(ticks: u64, ticks_per_second: u64) -> Duration {

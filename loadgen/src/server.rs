@@ -596,7 +596,7 @@ mod proc {
     use std::io;
     use std::time::Duration;
 
-    use crate::procstat::{Stat, ticks_to_duration};
+    use crate::procstat::{Stat, ticks_per_second, ticks_to_duration};
 
     fn read(pid: u32, file: &str) -> io::Result<String> {
         let path = format!("/proc/{pid}/{file}");
@@ -683,8 +683,7 @@ mod proc {
 
     pub fn cpu_time(pid: u32) -> io::Result<Duration> {
         let stat = Stat::parse(&read(pid, "stat")?).ok_or_else(|| malformed(pid, "stat"))?;
-        let ticks_per_second = sysconf(libc::_SC_CLK_TCK)?;
-        Ok(ticks_to_duration(stat.cpu_ticks(), ticks_per_second))
+        Ok(ticks_to_duration(stat.cpu_ticks(), ticks_per_second()))
     }
 
     pub fn threads(pid: u32) -> io::Result<usize> {

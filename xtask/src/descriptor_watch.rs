@@ -167,7 +167,8 @@ impl Drop for Holders {
 fn descriptors_one_process_may_open() -> io::Result<usize> {
     let limit = loadgen::cpu::nofile_limit().map_err(|e| io::Error::other(e.to_string()))?;
     let hard = usize::try_from(limit.rlim_max).unwrap_or(usize::MAX);
-    Ok(hard.saturating_sub(64).clamp(1, 1 << 20))
+    let spare = usize::try_from(loadgen::cpu::SPARE_FDS).unwrap_or(usize::MAX);
+    Ok(hard.saturating_sub(spare).clamp(1, 1 << 20))
 }
 
 #[derive(Args)]

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::fs;
 
-use loadgen::procstat::Stat;
+use loadgen::procstat::{Stat, ticks_per_second};
 use serde::{Deserialize, Serialize};
 
 /// One process outside the run and the CPU it took over a window.
@@ -124,7 +124,7 @@ pub(crate) fn percent_by_process(
     seconds: f64,
 ) -> HashMap<u32, (String, f64)> {
     let xtask = std::process::id();
-    let ticks_per_second = clock_ticks_per_second();
+    let ticks_per_second = ticks_per_second() as f64;
     after
         .by_pid
         .iter()
@@ -141,13 +141,6 @@ pub(crate) fn percent_by_process(
             Some((*pid, (name, percent)))
         })
         .collect()
-}
-
-/// `sysconf(_SC_CLK_TCK)`: the unit of `/proc/PID/stat`'s times.
-fn clock_ticks_per_second() -> f64 {
-    // SAFETY: sysconf only reads a configuration value.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 { ticks as f64 } else { 100.0 }
 }
 
 /// "process_api (pid 1) 48%, [kdamond.0] 1%", or "none above 1%".
@@ -190,7 +183,7 @@ mod tests {
             (pid, stat)
         };
         let me = std::process::id();
-        let hz = clock_ticks_per_second() as u64;
+        let hz = ticks_per_second();
         let before = ProcessTimes {
             by_pid: HashMap::from([
                 stat(1, "agent", 0, 0),
