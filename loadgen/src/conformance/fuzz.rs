@@ -247,11 +247,7 @@ fn run_resetting_client(addr: SocketAddr, plan: &ClientPlan, sent: &[u8]) -> Che
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(fail(format!("reading: {e}"))),
             };
-            if received + n > sent.len() || buf[..n] != sent[received..received + n] {
-                return Err(fail(format!(
-                    "the echo after {received} bytes is not what was sent"
-                )));
-            }
+            check_echo(plan, sent, received, &buf[..n])?;
             received += n;
         }
         stream
@@ -296,21 +292,29 @@ fn receive(mut stream: &TcpStream, sent: &[u8], plan: &ClientPlan) -> CheckResul
                 sent.len()
             )));
         }
-        if received + n > sent.len() {
-            return Err(CheckFailure::new(format!(
-                "{plan:?}: {} bytes came back, {} were sent",
-                received + n,
-                sent.len()
-            )));
-        }
-        if let Some(i) = (0..n).find(|&i| buf[i] != sent[received + i]) {
-            return Err(CheckFailure::new(format!(
-                "{plan:?}: echo differed at offset {}: sent {:#04x}, got {:#04x}",
-                received + i,
-                sent[received + i],
-                buf[i]
-            )));
-        }
+        check_echo(plan, sent, received, &buf[..n])?;
         received += n;
     }
+}
+
+/// Checks that `echoed`, arriving after `received` bytes of echo, is the
+/// next part of `sent`; a failure names the first offset that differs.
+fn check_echo(plan: &ClientPlan, sent: &[u8], received: usize, echoed: &[u8]) -> CheckResult {
+    let n = echoed.len();
+    if received + n > sent.len() {
+        return Err(CheckFailure::new(format!(
+            "{plan:?}: {} bytes came back, {} were sent",
+            received + n,
+            sent.len()
+        )));
+    }
+    if let Some(i) = (0..n).find(|&i| echoed[i] != sent[received + i]) {
+        return Err(CheckFailure::new(format!(
+            "{plan:?}: echo differed at offset {}: sent {:#04x}, got {:#04x}",
+            received + i,
+            sent[received + i],
+            echoed[i]
+        )));
+    }
+    Ok(())
 }
