@@ -52,6 +52,10 @@ pub(super) struct RampFlamegraph {
     pub(super) functions: Vec<Share>,
     /// The flamegraph, relative to the workspace.
     pub(super) svg: String,
+    /// The options the run was given that change the ramp (`--netns`,
+    /// `--pre-touch 14`, …); none for the host as it is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) settings: Vec<String>,
     pub(super) date_utc: String,
 }
 
@@ -364,18 +368,30 @@ const RECORDED: RecordedRuns = RecordedRuns {
     command: "cargo xtask million --record-flamegraph",
 };
 
-/// Where a recorded run's flamegraph goes in the book.
-pub(super) fn book_svg(conns: usize) -> PathBuf {
-    workspace_root().join(format!("book/src/img/ramp-flamegraph-{conns}.svg"))
+/// Where a recorded run's flamegraph goes in the book: one file per
+/// connection count and settings (`ramp-flamegraph-1000000-netns.svg`).
+pub(super) fn book_svg(conns: usize, settings: &[String]) -> PathBuf {
+    let mut stem = format!("ramp-flamegraph-{conns}");
+    for word in settings
+        .join(" ")
+        .split(|c: char| !c.is_ascii_alphanumeric())
+    {
+        if !word.is_empty() {
+            stem.push('-');
+            stem.push_str(word);
+        }
+    }
+    workspace_root().join(format!("book/src/img/{stem}.svg"))
 }
 
-/// Replaces the recorded window at this connection count and re-renders
-/// the page.
+/// Replaces the recorded window at this connection count and settings,
+/// and re-renders the page. The host as it is comes first, then each
+/// set of settings, smaller runs before larger.
 pub(super) fn record(run: &RampFlamegraph) -> Result<(), TaskError> {
     let mut runs: Vec<RampFlamegraph> = RECORDED.read()?;
-    runs.retain(|r| r.conns != run.conns);
+    runs.retain(|r| (r.conns, &r.settings) != (run.conns, &run.settings));
     runs.push(run.clone());
-    runs.sort_by_key(|r| r.conns);
+    runs.sort_by(|a, b| (&a.settings, a.conns).cmp(&(&b.settings, b.conns)));
     let page = render(&runs);
     RECORDED.write(&runs, page)
 }
@@ -409,6 +425,20 @@ pub(super) fn check_recorded() -> Result<(), TaskError> {
 }
 // ANCHOR_END: record
 
+/// "1,000,000" or "1,000,000 with `--netns`": what a run's column is.
+fn column(run: &RampFlamegraph) -> String {
+    format!("{}{}", thousands(run.conns as u64), with_settings(run))
+}
+
+/// "" or " with `--netns --pre-touch 14`".
+fn with_settings(run: &RampFlamegraph) -> String {
+    if run.settings.is_empty() {
+        String::new()
+    } else {
+        format!(" with `{}`", run.settings.join(" "))
+    }
+}
+
 /// The recorded windows side by side: each table has one column per run.
 fn render(runs: &[RampFlamegraph]) -> String {
     let mut out = String::new();
@@ -420,10 +450,14 @@ fn render(runs: &[RampFlamegraph]) -> String {
     for run in runs {
         let _ = writeln!(
             out,
-            "`cargo xtask million --conns {} --record-flamegraph`: {} → {} connections open in \
+            "`cargo xtask million --conns {}{} --record-flamegraph`: {} → {} connections open in \
              {:.1} s; {:.1} s of CPU sampled on all cores, {:.0}% of it in other processes (left \
              out); of this run's, {:.0}% in the kernel (run on {}).\n",
             run.conns,
+            run.settings
+                .iter()
+                .map(|s| format!(" {s}"))
+                .collect::<String>(),
             thousands(run.from_open),
             thousands(run.to_open),
             run.seconds,
@@ -437,14 +471,15 @@ fn render(runs: &[RampFlamegraph]) -> String {
             .map_or(String::new(), |f| f.to_string_lossy().into_owned());
         let _ = writeln!(
             out,
-            "[![Flamegraph of the ramp at {} connections](img/{file})](img/{file})\n",
-            thousands(run.conns as u64)
+            "[![Flamegraph of the ramp at {} connections{}](img/{file})](img/{file})\n",
+            thousands(run.conns as u64),
+            with_settings(run)
         );
     }
     let heading = |what: &str| {
         let mut h = format!("| {what} |");
         for run in runs {
-            let _ = write!(h, " at {} |", thousands(run.conns as u64));
+            let _ = write!(h, " at {} |", column(run));
         }
         h.push_str("\n| --- |");
         h.push_str(&" ---: |".repeat(runs.len()));
@@ -537,5 +572,37 @@ mod tests {
             "{page}"
         );
         assert!(page.contains("img/ramp-flamegraph-1000000.svg"));
+        assert!(
+            page.contains("| function | at 50,000 | at 1,000,000 |"),
+            "{page}"
+        );
+    }
+
+    #[test]
+    fn runs_with_settings_are_kept_and_named_apart() {
+        let settings = vec!["--netns".to_string(), "--pre-touch 14".to_string()];
+        let svg = book_svg(1_000_000, &settings);
+        assert!(
+            svg.ends_with("book/src/img/ramp-flamegraph-1000000-netns-pre-touch-14.svg"),
+            "{}",
+            svg.display()
+        );
+        assert!(book_svg(50_000, &[]).ends_with("book/src/img/ramp-flamegraph-50000.svg"));
+        let run = RampFlamegraph {
+            conns: 1_000_000,
+            settings,
+            ..RampFlamegraph::default()
+        };
+        let page = render(&[run]);
+        assert!(
+            page.contains(
+                "`cargo xtask million --conns 1000000 --netns --pre-touch 14 --record-flamegraph`"
+            ),
+            "{page}"
+        );
+        assert!(
+            page.contains("| at 1,000,000 with `--netns --pre-touch 14` |"),
+            "{page}"
+        );
     }
 }

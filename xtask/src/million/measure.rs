@@ -142,7 +142,7 @@ impl Run<'_> {
             "{} active connections, no idle ones",
             self.args.active
         ));
-        let (probes, others) = self.probe_phase(server.addr(), None)?;
+        let (probes, others) = self.probe_phase(server, None)?;
         self.report.rtt_no_idle = median_probe(&probes);
         self.report.probes_no_idle = probes;
         self.report.others_during_probes_no_idle = others;
@@ -283,6 +283,9 @@ impl Run<'_> {
         report.ramp_phases = phases(&report.ramp_samples, n as u64);
         report.ramp_handshakes = handshakes_at_start.until(&HandshakeCounters::read());
         report.flamegraph = flamegraph.finish(&run_threads(server))?;
+        if let Some(profile) = &mut report.flamegraph {
+            profile.settings = args.ramp_settings();
+        }
         report.loadgen_plan = hold
             .stderr_lines()
             .into_iter()
@@ -361,7 +364,7 @@ impl Run<'_> {
             "{} active connections with {} idle ones held",
             self.args.active, self.args.conns
         ));
-        let (probes, others) = self.probe_phase(server.addr(), Some(&mut hold))?;
+        let (probes, others) = self.probe_phase(server, Some(&mut hold))?;
         self.report.rtt_with_idle = median_probe(&probes);
         self.report.probes_with_idle = probes;
         self.report.others_during_probes_with_idle = others;
@@ -374,7 +377,7 @@ impl Run<'_> {
     /// the processes outside the run that were busy meanwhile.
     fn probe_phase(
         &mut self,
-        addr: SocketAddr,
+        server: &ServerProcess,
         mut hold: Option<&mut Helper>,
     ) -> Result<(Vec<Probe>, Vec<OtherProcess>), TaskError> {
         let (started, others_at_start) = (Instant::now(), ProcessTimes::take());
@@ -389,7 +392,7 @@ impl Run<'_> {
         let mut probes = Vec::new();
         for k in 1..=self.args.probes {
             held_through(&mut hold, "before")?;
-            let probe = self.active_probe(addr)?;
+            let probe = self.active_probe(server)?;
             held_through(&mut hold, "during")?;
             eprintln!("    probe {k}: {}", probe_line(&probe));
             probes.push(probe);
@@ -528,12 +531,14 @@ impl Run<'_> {
     }
 
     /// The active probe: ACTIVE connections in a closed echo loop (64-byte
-    /// messages, each verified), 1 s warm-up, 5 s measured.
-    fn active_probe(&self, addr: SocketAddr) -> Result<Probe, TaskError> {
+    /// messages, each verified), 1 s warm-up, 5 s measured, with the CPU
+    /// the server's processes and loadgen took meanwhile.
+    fn active_probe(&self, server: &ServerProcess) -> Result<Probe, TaskError> {
         let mut command = Command::new(&self.binaries.loadgen);
         command.args([
             "echo".to_string(),
-            format!("--addr={addr}"),
+            format!("--addr={}", server.addr()),
+            format!("--server-pid={}", server.pid()),
             format!("--conns={}", self.args.active),
             format!("--size={PROBE_MESSAGE_BYTES}"),
             format!("--warmup={PROBE_WARMUP_SECONDS}"),
@@ -561,6 +566,8 @@ impl Run<'_> {
             messages_per_sec: report.messages_per_sec,
             rtt_us: report.rtt_us,
             ok: report.ok,
+            server_us_per_message: report.cpu.server.and_then(|cpu| cpu.us_per_message),
+            client_us_per_message: report.cpu.loadgen.us_per_message,
         })
     }
 }

@@ -170,12 +170,44 @@ impl MillionArgs {
     /// Where the ramp's flamegraph goes.
     fn flamegraph_svg(&self) -> PathBuf {
         if self.record_flamegraph {
-            flamegraph::book_svg(self.conns)
+            flamegraph::book_svg(self.conns, &self.ramp_settings())
         } else {
             c1m_benches::release_dir()
                 .join("..")
                 .join(format!("million-ramp-{}.svg", self.conns))
         }
+    }
+
+    /// The options given that change how the ramp runs, as typed: a
+    /// recorded flamegraph is kept and shown under them, beside runs
+    /// without them.
+    fn ramp_settings(&self) -> Vec<String> {
+        let mut settings = Vec::new();
+        if self.netns {
+            settings.push("--netns".to_string());
+        }
+        if let Some(n) = self.dests {
+            settings.push(format!("--dests {n}"));
+        }
+        if let Some(gib) = self.pre_touch {
+            settings.push(format!("--pre-touch {gib}"));
+        }
+        if self.pin {
+            settings.push("--pin".to_string());
+        }
+        if self.procs != "auto" {
+            settings.push(format!("--procs {}", self.procs));
+        }
+        if self.sources != "auto" {
+            settings.push(format!("--sources {}", self.sources));
+        }
+        if let Some(m) = self.max_connecting {
+            settings.push(format!("--max-connecting {m}"));
+        }
+        if let Some(rate) = self.rate {
+            settings.push(format!("--rate {rate}"));
+        }
+        settings
     }
 }
 

@@ -118,6 +118,21 @@ pub(super) struct Probe {
     pub(super) messages_per_sec: f64,
     pub(super) rtt_us: Latency,
     pub(super) ok: bool,
+    /// CPU microseconds per message over the measured window: the server's
+    /// (the supervisor and every worker) and the probe client's. Outside
+    /// processes do not count, so a phase slower only because something
+    /// else took the cores keeps these where they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) server_us_per_message: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) client_us_per_message: Option<f64>,
+}
+
+impl Probe {
+    /// The run's own CPU per message, server and client together.
+    fn own_us_per_message(&self) -> Option<f64> {
+        Some(self.server_us_per_message? + self.client_us_per_message?)
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -396,6 +411,19 @@ fn report_text(r: &Report) -> String {
                 probe_line(p)
             );
         }
+    }
+    if let (Some(none), Some(held)) = (
+        median_cpu_probe(&r.probes_no_idle),
+        median_cpu_probe(&r.probes_with_idle),
+    ) {
+        let _ = writeln!(
+            out,
+            "  CPU per message, the server's + the probe client's (median probe): none held {}, \
+             all held {}: {:.2}x",
+            cpu_line(none),
+            cpu_line(held),
+            held.own_us_per_message().unwrap_or(0.0) / none.own_us_per_message().unwrap_or(1.0)
+        );
     }
     if !r.probes_no_idle.is_empty() {
         let _ = writeln!(
@@ -712,6 +740,27 @@ pub(super) fn median_probe(probes: &[Probe]) -> Option<Probe> {
     sorted.get(sorted.len() / 2).map(|p| (*p).clone())
 }
 
+/// The probe whose own CPU per message is the phase's median, among those
+/// that measured it.
+fn median_cpu_probe(probes: &[Probe]) -> Option<&Probe> {
+    let mut measured: Vec<(&Probe, f64)> = probes
+        .iter()
+        .filter_map(|p| Some((p, p.own_us_per_message()?)))
+        .collect();
+    measured.sort_by(|a, b| a.1.total_cmp(&b.1));
+    measured.get(measured.len() / 2).map(|(p, _)| *p)
+}
+
+/// "16.1 µs (server 8.0 + client 8.1)".
+fn cpu_line(probe: &Probe) -> String {
+    format!(
+        "{:.1} µs (server {:.1} + client {:.1})",
+        probe.own_us_per_message().unwrap_or(0.0),
+        probe.server_us_per_message.unwrap_or(0.0),
+        probe.client_us_per_message.unwrap_or(0.0)
+    )
+}
+
 /// A phase's p99s, lowest to highest: "10.5 / 11.5 / 15.5 ms".
 fn p99_spread(probes: &[Probe]) -> String {
     let mut p99s: Vec<u64> = probes.iter().map(|p| p.rtt_us.p99_us).collect();
@@ -732,8 +781,12 @@ fn p99s_overlap(none: &[Probe], held: &[Probe]) -> bool {
 }
 
 pub(super) fn probe_line(probe: &Probe) -> String {
+    let cpu = probe
+        .own_us_per_message()
+        .map(|us| format!(", {us:.1} µs CPU per message"))
+        .unwrap_or_default();
     format!(
-        "p50 {} / p99 {} / max {}, {:.0} msgs/s",
+        "p50 {} / p99 {} / max {}, {:.0} msgs/s{cpu}",
         ms(probe.rtt_us.p50_us),
         ms(probe.rtt_us.p99_us),
         ms(probe.rtt_us.max_us),
@@ -757,6 +810,8 @@ mod tests {
                 ..Latency::default()
             },
             ok: true,
+            server_us_per_message: Some(8.0),
+            client_us_per_message: Some(8.0),
         };
         let mut r = Report {
             conns: 50_000,
@@ -802,6 +857,43 @@ mod tests {
         };
         let rows = targets(&at_scale);
         assert!(rows.iter().any(|t| t.judged && !t.met));
+    }
+
+    fn probe_with_cpu(server: Option<f64>, client: f64) -> Probe {
+        Probe {
+            server_us_per_message: server,
+            client_us_per_message: Some(client),
+            ..passing().rtt_no_idle.unwrap()
+        }
+    }
+
+    #[test]
+    fn cpu_per_message_is_the_median_probe_of_those_that_measured_it() {
+        let probes = [
+            probe_with_cpu(Some(9.0), 9.0),
+            probe_with_cpu(None, 1.0),
+            probe_with_cpu(Some(7.0), 7.0),
+            probe_with_cpu(Some(8.0), 9.0),
+        ];
+        let median = median_cpu_probe(&probes).unwrap();
+        assert_eq!(median.own_us_per_message(), Some(17.0));
+        assert_eq!(cpu_line(median), "17.0 µs (server 8.0 + client 9.0)");
+        assert!(median_cpu_probe(&[probe_with_cpu(None, 5.0)]).is_none());
+        // Reports recorded before the probes measured CPU read back without it.
+        let old: Probe = serde_json::from_str(
+            r#"{"connections":1000,"messages_per_sec":1.0,"ok":true,"rtt_us":{"samples":1,"mean_us":1.0,"p50_us":1,"p99_us":1,"p999_us":1,"max_us":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(old.own_us_per_message(), None);
+        let text = report_text(&Report {
+            probes_no_idle: vec![probe_with_cpu(Some(8.0), 8.0)],
+            probes_with_idle: vec![probe_with_cpu(Some(8.4), 8.0)],
+            ..passing()
+        });
+        assert!(
+            text.contains("none held 16.0 µs (server 8.0 + client 8.0), all held 16.4 µs (server 8.4 + client 8.0): 1.02x"),
+            "{text}"
+        );
     }
 
     fn probe_with_p99(p99_us: u64) -> Probe {
