@@ -32,6 +32,10 @@ pub(super) struct ExperimentRun {
     /// perf was recording the ramp (`--flamegraph`), which costs CPU.
     #[serde(default)]
     pub(super) profiled: bool,
+    /// `--pre-touch`: how fast the host backed fresh memory right before
+    /// the ramp, in GiB/s, the price of a first touch at that moment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) fresh_memory_gib_per_s: Option<f64>,
 }
 
 impl ExperimentRun {
@@ -51,6 +55,7 @@ impl ExperimentRun {
                 && r.connections_lost == 0
                 && r.connections_answered >= r.conns as u64,
             profiled: r.flamegraph.is_some(),
+            fresh_memory_gib_per_s: r.pre_touch.map(|t| f64::from(t.gib) / t.seconds.max(0.001)),
         }
     }
 }
@@ -97,18 +102,19 @@ fn render(runs: &[ExperimentRun]) -> String {
     let _ = writeln!(
         out,
         "| run | setting | connections | loadgen's ramp | server counted all | accept queue \
-         full | SYNs sent again | cores idle / in the kernel | p99 ratio | all answered |"
+         full | SYNs sent again | cores idle / in the kernel | fresh memory before the ramp \
+         | p99 ratio | all answered |"
     );
     let _ = writeln!(
         out,
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
     );
     let mut in_order: Vec<&ExperimentRun> = runs.iter().collect();
     in_order.sort_by(|a, b| a.date_utc.cmp(&b.date_utc));
     for r in in_order {
         let _ = writeln!(
             out,
-            "| {}{} | `{}` | {} | {:.1} s ({}/s) | {:.1} s | {} | {} | {:.0}% / {:.0}% | {} | {} |",
+            "| {}{} | `{}` | {} | {:.1} s ({}/s) | {:.1} s | {} | {} | {:.0}% / {:.0}% | {} | {} | {} |",
             r.date_utc,
             if r.profiled { " (perf recording)" } else { "" },
             r.label,
@@ -120,6 +126,8 @@ fn render(runs: &[ExperimentRun]) -> String {
             thousands(r.handshakes.syn_retransmits),
             r.idle_percent,
             r.kernel_percent,
+            r.fresh_memory_gib_per_s
+                .map_or("–".to_string(), |x| format!("{x:.2} GiB/s")),
             r.p99_ratio.map_or("–".to_string(), |x| format!("{x:.2}×")),
             if r.all_answered { "yes" } else { "no" }
         );
@@ -188,7 +196,31 @@ mod tests {
             p99_ratio: None,
             all_answered: true,
             profiled: false,
+            fresh_memory_gib_per_s: None,
         }
+    }
+
+    #[test]
+    fn a_pre_touched_run_shows_how_fast_the_host_backed_fresh_memory() {
+        let touched = ExperimentRun {
+            fresh_memory_gib_per_s: Some(0.6),
+            ..run("--pre-touch 14", 26.0)
+        };
+        let page = render(&[touched, run("as is", 30.0)]);
+        assert!(
+            page.contains("| 0% / 90% | 0.60 GiB/s | – | yes |"),
+            "{page}"
+        );
+        assert!(page.contains("| 0% / 90% | – | – | yes |"), "{page}");
+        let report = Report {
+            pre_touch: Some(super::super::report::PreTouch {
+                gib: 14,
+                seconds: 28.0,
+            }),
+            ..Report::default()
+        };
+        let from_report = ExperimentRun::from_report("x", &report);
+        assert_eq!(from_report.fresh_memory_gib_per_s, Some(0.5));
     }
 
     #[test]
