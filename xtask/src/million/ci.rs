@@ -20,7 +20,7 @@ pub fn run_scaled_for_ci() -> TaskResult {
     }
     run(&MillionArgs {
         conns: 50_000,
-        server: "ch08-million-connections".to_string(),
+        server: super::DEFAULT_SERVER.to_string(),
         procs: "3".to_string(),
         rate: None,
         hold: Some(shortest_hold(1)),

@@ -49,11 +49,7 @@ pub struct MillionArgs {
     conns: usize,
     /// The server: a path to its binary, or a workspace package to build
     /// with `cargo build --release`.
-    #[arg(
-        long,
-        default_value = "ch08-million-connections",
-        value_name = "PATH_OR_PACKAGE"
-    )]
+    #[arg(long, default_value = DEFAULT_SERVER, value_name = "PATH_OR_PACKAGE")]
     server: String,
     /// The server's worker processes (its `--procs`): a number, or `auto`.
     #[arg(long, default_value = "auto", value_name = "P|auto", value_parser = parse_procs)]
@@ -154,6 +150,9 @@ pub struct MillionArgs {
     pre_touch: Option<u32>,
 }
 
+/// The server `cargo xtask million` runs unless told otherwise.
+const DEFAULT_SERVER: &str = "ch08-million-connections";
+
 fn parse_fraction(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(f) if (0.0..1.0).contains(&f) => Ok(f),
@@ -183,6 +182,9 @@ impl MillionArgs {
     /// without them.
     fn ramp_settings(&self) -> Vec<String> {
         let mut settings = Vec::new();
+        if self.server != DEFAULT_SERVER {
+            settings.push(format!("--server {}", self.server));
+        }
         if self.netns {
             settings.push("--netns".to_string());
         }
@@ -459,6 +461,31 @@ mod tests {
         assert_eq!(parsed[7].to_string(), "127.0.0.8");
         assert!(parsed.iter().all(|ip| ip.is_loopback()));
         assert_eq!(destinations(1), "127.0.0.1");
+    }
+
+    #[test]
+    fn ramp_settings_are_the_options_given_that_change_the_ramp() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            million: MillionArgs,
+        }
+        use clap::Parser as _;
+        let settings = |args: &[&str]| {
+            let cli = Cli::try_parse_from(std::iter::once("million").chain(args.iter().copied()))
+                .unwrap();
+            cli.million.ramp_settings()
+        };
+        assert!(settings(&[]).is_empty());
+        assert!(settings(&["--conns", "50000", "--probes", "5", "--record-flamegraph"]).is_empty());
+        assert_eq!(
+            settings(&["--netns", "--pre-touch", "14", "--server", "ch09-io-uring"]),
+            ["--server ch09-io-uring", "--netns", "--pre-touch 14"]
+        );
+        assert_eq!(
+            settings(&["--procs", "4", "--sources", "auto"]),
+            ["--procs 4"]
+        );
     }
 
     #[test]
