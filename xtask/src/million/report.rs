@@ -412,7 +412,7 @@ fn report_text(r: &Report) -> String {
             );
         }
     }
-    if let (Some(none), Some(held)) = (
+    if let (Some((none, none_us)), Some((held, held_us))) = (
         median_cpu_probe(&r.probes_no_idle),
         median_cpu_probe(&r.probes_with_idle),
     ) {
@@ -422,7 +422,7 @@ fn report_text(r: &Report) -> String {
              all held {}: {:.2}x",
             cpu_line(none),
             cpu_line(held),
-            held.own_us_per_message().unwrap_or(0.0) / none.own_us_per_message().unwrap_or(1.0)
+            held_us / none_us
         );
     }
     if !r.probes_no_idle.is_empty() {
@@ -741,14 +741,14 @@ pub(super) fn median_probe(probes: &[Probe]) -> Option<Probe> {
 }
 
 /// The probe whose own CPU per message is the phase's median, among those
-/// that measured it.
-fn median_cpu_probe(probes: &[Probe]) -> Option<&Probe> {
+/// that measured it, with that figure.
+fn median_cpu_probe(probes: &[Probe]) -> Option<(&Probe, f64)> {
     let mut measured: Vec<(&Probe, f64)> = probes
         .iter()
         .filter_map(|p| Some((p, p.own_us_per_message()?)))
         .collect();
     measured.sort_by(|a, b| a.1.total_cmp(&b.1));
-    measured.get(measured.len() / 2).map(|(p, _)| *p)
+    measured.get(measured.len() / 2).copied()
 }
 
 /// "16.1 µs (server 8.0 + client 8.1)".
@@ -875,7 +875,7 @@ mod tests {
             probe_with_cpu(Some(7.0), 7.0),
             probe_with_cpu(Some(8.0), 9.0),
         ];
-        let median = median_cpu_probe(&probes).unwrap();
+        let (median, _) = median_cpu_probe(&probes).unwrap();
         assert_eq!(median.own_us_per_message(), Some(17.0));
         assert_eq!(cpu_line(median), "17.0 µs (server 8.0 + client 9.0)");
         assert!(median_cpu_probe(&[probe_with_cpu(None, 5.0)]).is_none());
