@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -108,11 +109,19 @@ fn full_job_queue_stops_reading_without_losing_bytes() {
     // One worker and room for one job: every client but one must wait.
     let server = start(&["--workers", "1", "--queue-depth", "1", "--work-us", "20"]);
     let addr = server.addr();
-    let handles: Vec<_> = (0..10)
+    // All ten connect, then all send at once: a client that happened to
+    // arrive after the one before it had finished would never find the
+    // queue full, however slowly this machine started the threads.
+    let clients = 10;
+    let all_connected = Arc::new(Barrier::new(clients));
+    let handles: Vec<_> = (0..clients)
         .map(|client| {
+            let all_connected = Arc::clone(&all_connected);
             thread::spawn(move || {
                 let sent = numbered_lines(client, 1000);
-                let echoed = pipeline(connect(addr), sent.clone());
+                let stream = connect(addr);
+                all_connected.wait();
+                let echoed = pipeline(stream, sent.clone());
                 assert!(
                     echoed == sent,
                     "client {client}: echo differs from what it sent"
