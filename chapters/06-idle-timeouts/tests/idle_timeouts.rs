@@ -163,12 +163,14 @@ fn measure_reap_lateness() {
 
 #[test]
 fn a_client_that_keeps_talking_outlives_many_timeouts() {
-    let server = start(&["--idle-timeout", "0.2"]);
+    let server = start(&["--idle-timeout", "0.5"]);
     let mut active = connect(server.addr());
     let mut idle = connect(server.addr());
     talk_once(&mut idle, b"then silence\n");
-    // A line every 50 ms for 1 s: five timeouts' worth of time.
-    let until = Instant::now() + Duration::from_secs(1);
+    // A line every 50 ms for 2.5 s: five timeouts' worth of time, and room
+    // for this thread to go unscheduled for 0.4 s on a busy machine
+    // without the active client looking idle.
+    let until = Instant::now() + Duration::from_millis(2500);
     while Instant::now() < until {
         talk_once(&mut active, b"still here\n");
         thread::sleep(Duration::from_millis(50));

@@ -14,6 +14,9 @@ use loadgen::server::ServerProcess;
 use loadgen::spread::{self, SpreadConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ch09-io-uring");
+/// Generous: only reached when something is broken, never a measurement
+/// (these tests share two cores with every other test binary).
+const FAILSAFE: Duration = Duration::from_secs(30);
 
 fn start(args: &[&str]) -> ServerProcess {
     ServerProcess::builder(BIN)
@@ -25,7 +28,7 @@ fn start(args: &[&str]) -> ServerProcess {
 
 /// The metrics address the supervisor announced on stderr.
 fn metrics_addr(server: &ServerProcess) -> SocketAddr {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + FAILSAFE;
     loop {
         let stderr = server.stderr();
         if let Some(line) = stderr.lines().find(|l| l.starts_with("metrics on http://")) {
@@ -62,7 +65,7 @@ fn value(metrics: &str, name: &str) -> u64 {
 
 /// Scrapes until `done` holds (or fails after a few seconds).
 fn wait_for_metrics(addr: SocketAddr, what: &str, done: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + FAILSAFE;
     loop {
         let metrics = scrape(addr);
         if done(&metrics) {
