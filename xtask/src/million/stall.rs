@@ -110,4 +110,24 @@ mod tests {
         assert!(said.contains("1 SYN-SENT"), "{said}");
         assert!(said.contains("38 queued on 2 listeners"), "{said}");
     }
+
+    /// The kernel's own table, not a fixture: a listener nobody accepts
+    /// from, with connections finished and waiting, is the heart of a
+    /// stalled ramp. Other tests may hold sockets meanwhile, so only lower
+    /// bounds are asserted.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_listener_nobody_accepts_from_shows_its_queue() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let waiting: Vec<_> = (0..5)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        let states = TcpStates::count();
+        assert!(states.listening >= 1, "{states:?}");
+        assert!(states.accept_queued >= 5, "{states:?}");
+        // Both ends of each waiting connection are established.
+        assert!(states.established >= 10, "{states:?}");
+        drop(waiting);
+    }
 }
