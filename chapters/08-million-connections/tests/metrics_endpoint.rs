@@ -13,7 +13,7 @@ use loadgen::server::ServerProcess;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ch08-million-connections");
 /// Generous: only reached when something is broken, never a measurement
-/// (these tests share two cores with every other test binary).
+/// (the tests run in parallel, on machines that may be busy).
 const FAILSAFE: Duration = Duration::from_secs(30);
 const REQUEST: &[u8] = b"GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n";
 

@@ -15,7 +15,7 @@ use loadgen::spread::{self, SpreadConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ch08-million-connections");
 /// Generous: only reached when something is broken, never a measurement
-/// (these tests share two cores with every other test binary).
+/// (the tests run in parallel, on machines that may be busy).
 const FAILSAFE: Duration = Duration::from_secs(30);
 
 fn start(args: &[&str]) -> ServerProcess {

@@ -10,7 +10,7 @@ use loadgen::server::ServerProcess;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ch08-million-connections");
 /// Generous: only reached when something is broken, never a measurement
-/// (these tests share two cores with every other test binary).
+/// (the tests run in parallel, on machines that may be busy).
 const FAILSAFE: Duration = Duration::from_secs(30);
 
 /// Alive and not a zombie (an exited orphan may wait a moment for a reaper).
