@@ -129,9 +129,30 @@ pub(super) struct Probe {
 }
 
 impl Probe {
+    /// The run's own CPU per message, where the probe measured both sides.
+    fn own_cpu(&self) -> Option<OwnCpu> {
+        Some(OwnCpu {
+            server_us: self.server_us_per_message?,
+            client_us: self.client_us_per_message?,
+        })
+    }
+
     /// The run's own CPU per message, server and client together.
     fn own_us_per_message(&self) -> Option<f64> {
-        Some(self.server_us_per_message? + self.client_us_per_message?)
+        self.own_cpu().map(OwnCpu::total_us)
+    }
+}
+
+/// CPU microseconds per message of a probe that measured both sides.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct OwnCpu {
+    server_us: f64,
+    client_us: f64,
+}
+
+impl OwnCpu {
+    fn total_us(self) -> f64 {
+        self.server_us + self.client_us
     }
 }
 
@@ -412,7 +433,7 @@ fn report_text(r: &Report) -> String {
             );
         }
     }
-    if let (Some((none, none_us)), Some((held, held_us))) = (
+    if let (Some(none), Some(held)) = (
         median_cpu_probe(&r.probes_no_idle),
         median_cpu_probe(&r.probes_with_idle),
     ) {
@@ -422,7 +443,7 @@ fn report_text(r: &Report) -> String {
              all held {}: {:.2}x",
             cpu_line(none),
             cpu_line(held),
-            held_us / none_us
+            held.total_us() / none.total_us()
         );
     }
     if !r.probes_no_idle.is_empty() {
@@ -740,24 +761,21 @@ pub(super) fn median_probe(probes: &[Probe]) -> Option<Probe> {
     sorted.get(sorted.len() / 2).map(|p| (*p).clone())
 }
 
-/// The probe whose own CPU per message is the phase's median, among those
-/// that measured it, with that figure.
-fn median_cpu_probe(probes: &[Probe]) -> Option<(&Probe, f64)> {
-    let mut measured: Vec<(&Probe, f64)> = probes
-        .iter()
-        .filter_map(|p| Some((p, p.own_us_per_message()?)))
-        .collect();
-    measured.sort_by(|a, b| a.1.total_cmp(&b.1));
+/// The own CPU per message of the phase's median probe, among those that
+/// measured it.
+fn median_cpu_probe(probes: &[Probe]) -> Option<OwnCpu> {
+    let mut measured: Vec<OwnCpu> = probes.iter().filter_map(Probe::own_cpu).collect();
+    measured.sort_by(|a, b| a.total_us().total_cmp(&b.total_us()));
     measured.get(measured.len() / 2).copied()
 }
 
 /// "16.1 µs (server 8.0 + client 8.1)".
-fn cpu_line(probe: &Probe) -> String {
+fn cpu_line(cpu: OwnCpu) -> String {
     format!(
         "{:.1} µs (server {:.1} + client {:.1})",
-        probe.own_us_per_message().unwrap_or(0.0),
-        probe.server_us_per_message.unwrap_or(0.0),
-        probe.client_us_per_message.unwrap_or(0.0)
+        cpu.total_us(),
+        cpu.server_us,
+        cpu.client_us
     )
 }
 
@@ -875,8 +893,8 @@ mod tests {
             probe_with_cpu(Some(7.0), 7.0),
             probe_with_cpu(Some(8.0), 9.0),
         ];
-        let (median, _) = median_cpu_probe(&probes).unwrap();
-        assert_eq!(median.own_us_per_message(), Some(17.0));
+        let median = median_cpu_probe(&probes).unwrap();
+        assert_eq!(median.total_us(), 17.0);
         assert_eq!(cpu_line(median), "17.0 µs (server 8.0 + client 9.0)");
         assert!(median_cpu_probe(&[probe_with_cpu(None, 5.0)]).is_none());
         // Reports recorded before the probes measured CPU read back without it.
